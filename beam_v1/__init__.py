@@ -1,0 +1,38 @@
+"""beam-v1: run TensorFlow 1.x SavedModels at scale in Apache Beam, over Parquet.
+
+Public API (imported lazily, so `import beam_v1` does not pull in TensorFlow or Beam):
+`inspect`, `load`, `V1Model`, `ModelInfo`, `RunV1Inference`, `ScoreParquet`, and the
+error types in `beam_v1.errors`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "inspect": "beam_v1.savedmodel",
+    "ModelInfo": "beam_v1.savedmodel",
+    "load": "beam_v1.session",
+    "V1Model": "beam_v1.session",
+    "RunV1Inference": "beam_v1.transforms",
+    "ScoreParquet": "beam_v1.transforms",
+    "BeamV1Error": "beam_v1.errors",
+    "FeedError": "beam_v1.errors",
+    "MissingOpsError": "beam_v1.errors",
+    "ModelFileError": "beam_v1.errors",
+    "SchemaError": "beam_v1.errors",
+    "SignatureNotFoundError": "beam_v1.errors",
+    "TagsNotFoundError": "beam_v1.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'beam_v1' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

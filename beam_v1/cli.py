@@ -1,0 +1,107 @@
+"""The `beam-v1` command line (also `python -m beam_v1`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+# TensorFlow's C++ start-up chatter (CUDA probing, placement notes) hides our own output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+EXIT_USER_ERROR = 2
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _add_load_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tags", type=_csv, default=None,
+                        help="tag set of the MetaGraph (default: the only one, else 'serve')")
+    parser.add_argument("--op-library", dest="op_libraries", action="append", default=[],
+                        metavar="PATH", help="load a custom op library (.so) first; repeatable")
+    parser.add_argument("--import", dest="import_modules", action="append", default=[],
+                        metavar="MODULE",
+                        help="import a module that registers ops (e.g. tensorflow_text) first")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="beam-v1",
+        description="Run TensorFlow 1.x SavedModels at scale in Apache Beam, over Parquet.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    inspect = sub.add_parser("inspect", help="describe a SavedModel without running it")
+    inspect.add_argument("model", help="SavedModel directory")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_load_flags(inspect)
+
+    score = sub.add_parser(
+        "score",
+        help="score Parquet files with a SavedModel on a Beam runner",
+        description="Unknown flags are passed to Beam's PipelineOptions "
+        "(--runner, --direct_running_mode, --direct_num_workers, --setup_file, ...).",
+    )
+    from beam_v1.score_cli import add_score_flags
+
+    add_score_flags(score)
+    _add_load_flags(score)
+
+    demo = sub.add_parser("demo", help="score a generated model's Parquet data on the DirectRunner")
+    demo.add_argument("--rows", type=int, default=200_000, help="rows of generated data")
+    demo.add_argument("--workdir", default=None, help="folder to use instead of a temp dir")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "score":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from beam_v1.errors import BeamV1Error
+
+    try:
+        if args.command == "inspect":
+            return _inspect(args)
+        if args.command == "score":
+            from beam_v1.score_cli import run_score
+
+            return run_score(args, extra)
+        if args.command == "demo":
+            from beam_v1.demo import run_demo
+
+            return run_demo(rows=args.rows, workdir=args.workdir)
+    except BeamV1Error as e:
+        print(f"beam-v1: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("beam-v1: interrupted", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USER_ERROR
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from beam_v1.savedmodel import inspect
+
+    info = inspect(args.model, tags=args.tags, op_libraries=args.op_libraries,
+                   import_modules=args.import_modules)
+    if args.json:
+        print(json.dumps(info.to_dict(), indent=2))
+    else:
+        print(info.to_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Which ops a graph needs that this TensorFlow cannot run, and loading extra op libraries."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Sequence
+
+from tensorflow.core.framework import graph_pb2
+
+from beam_v1.errors import BeamV1Error, MissingOpsError
+
+_log = logging.getLogger(__name__)
+_loaded: set[str] = set()
+
+
+def register_extra_ops(op_libraries: Sequence[str] = (), import_modules: Sequence[str] = ()) -> None:
+    """Load custom op libraries (`tf.load_op_library`) and import op-registering modules, once each."""
+    import tensorflow as tf
+
+    for module in import_modules:
+        if ("module", module) in _loaded:
+            continue
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise BeamV1Error(f"Cannot import module {module!r} given with --import: {e}") from e
+        _loaded.add(("module", module))
+    for library in op_libraries:
+        if ("library", library) in _loaded:
+            continue
+        try:
+            tf.load_op_library(library)
+        except Exception as e:  # tf raises NotFoundError or a generic error for a bad .so
+            raise BeamV1Error(f"Cannot load op library {library!r} given with --op-library: {e}") from e
+        _loaded.add(("library", library))
+
+
+def _op_status(op: str) -> str | None:
+    """None when this TensorFlow can run `op` on CPU, else why not."""
+    from tensorflow.python.framework import kernels, op_def_registry
+
+    if op_def_registry.get(op) is None:
+        return "no op registered"
+    kernel_list = kernels.get_registered_kernels_for_op(op)
+    if not any(k.device_type in ("CPU", "DEFAULT") for k in kernel_list.kernel):
+        return "registered, but no CPU kernel"
+    return None
+
+
+def missing_ops(graph_def: graph_pb2.GraphDef) -> dict[str, tuple[list[str], str]]:
+    """Ops used by the graph (and its function library) that cannot run here: op -> (nodes, reason)."""
+    functions = {f.signature.name for f in graph_def.library.function}
+    users: dict[str, list[str]] = {}
+    for node in graph_def.node:
+        users.setdefault(node.op, []).append(node.name)
+    for function in graph_def.library.function:
+        for node in function.node_def:
+            users.setdefault(node.op, []).append(f"{function.signature.name}/{node.name}")
+    missing = {}
+    for op in sorted(users):
+        if op in functions:
+            continue
+        reason = _op_status(op)
+        if reason is not None:
+            missing[op] = (users[op], reason)
+    return missing
+
+
+def missing_ops_error(model_dir: str, missing: dict[str, tuple[list[str], str]]) -> MissingOpsError:
+    parts = []
+    for op, (nodes, reason) in missing.items():
+        shown = ", ".join(nodes[:5]) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
+        parts.append(f"{op} ({reason}; used by {shown})")
+    return MissingOpsError(
+        f"The model at {model_dir} uses ops this TensorFlow cannot run: {'; '.join(parts)}. "
+        "If they are custom ops, load their library first with --op-library PATH "
+        "(API: op_libraries=[...]) or import the module that registers them with "
+        "--import MODULE (API: import_modules=[...], e.g. tensorflow_text).",
+        missing={op: nodes for op, (nodes, _) in missing.items()},
+    )

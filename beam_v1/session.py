@@ -1,0 +1,391 @@
+"""V1Model: one graph, one tf.compat.v1 Session, init ops run, C++ callables per signature."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2
+
+from beam_v1 import ops, savedmodel
+from beam_v1.errors import FeedError, ModelFileError, SignatureNotFoundError
+from beam_v1.savedmodel import SignatureInfo, TensorSpec
+
+_log = logging.getLogger(__name__)
+
+_OPTIONAL_INPUT_OPS = {"PlaceholderWithDefault"}
+
+
+def numpy_dtype(spec: TensorSpec) -> np.dtype:
+    """The numpy dtype a tensor of `spec` is fed and fetched as (strings as object)."""
+    dtype = tf.dtypes.as_dtype(spec.base_dtype)
+    if dtype == tf.string:
+        return np.dtype(object)
+    return np.dtype(dtype.as_numpy_dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadOptions:
+    """How a model is loaded; every field is also a keyword of `beam_v1.load`."""
+
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    op_libraries: tuple[str, ...] = ()
+    import_modules: tuple[str, ...] = ()
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> LoadOptions:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(kwargs) - names
+        if unknown:
+            raise TypeError(
+                f"Unknown load option(s) {sorted(unknown)}; the options are {sorted(names)}."
+            )
+        for key in ("op_libraries", "import_modules"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key] or ())
+        return cls(**kwargs)
+
+    def session_config(self) -> config_pb2.ConfigProto:
+        return config_pb2.ConfigProto(
+            allow_soft_placement=True,
+            intra_op_parallelism_threads=self.intra_op_threads,
+            inter_op_parallelism_threads=self.inter_op_threads,
+        )
+
+
+class V1Model:
+    """A loaded TF1 SavedModel. Thread-safe; use `beam_v1.load` to make one."""
+
+    def __init__(
+        self,
+        path: str,
+        tags: Sequence[str] | str | None = None,
+        signature: str | None = None,
+        options: LoadOptions | None = None,
+    ):
+        started = time.perf_counter()
+        self.options = options or LoadOptions()
+        ops.register_extra_ops(self.options.op_libraries, self.options.import_modules)
+        self.path = savedmodel.resolve_model_dir(path)
+        saved_model = savedmodel.read_saved_model(self.path)
+        meta_graph = savedmodel.select_meta_graph(saved_model, tags)
+        self.tags = tuple(meta_graph.meta_info_def.tags)
+        self.signatures: dict[str, SignatureInfo] = savedmodel.signatures(meta_graph)
+        self.default_signature = savedmodel.default_signature_key(meta_graph, signature)
+        missing = ops.missing_ops(meta_graph.graph_def)
+        if missing:
+            raise ops.missing_ops_error(self.path, missing)
+
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph, config=self.options.session_config())
+        try:
+            with self.graph.as_default():
+                saver = tf.compat.v1.train.import_meta_graph(meta_graph)
+                self._restore(saver)
+                self._run_init_ops(meta_graph)
+                self._variable_reads = {
+                    v.op.name: v.value() for v in tf.compat.v1.global_variables()
+                }
+            self._check_signature(self.default_signature)
+            self.graph.finalize()
+        except BaseException:
+            self.session.close()
+            raise
+        self._callables: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+        self.load_seconds = time.perf_counter() - started
+        _log.info("Loaded %s (tags %s) in %.2fs", self.path, ",".join(self.tags),
+                  self.load_seconds)
+
+    # ------------------------------------------------------------------ loading
+
+    def _restore(self, saver) -> None:
+        prefix = savedmodel.checkpoint_prefix(self.path)
+        has_variables = bool(tf.compat.v1.global_variables())
+        index = prefix + ".index"
+        if not os.path.isfile(index):
+            if has_variables:
+                raise ModelFileError(
+                    f"The graph has variables but their checkpoint {index} is missing."
+                )
+            return
+        if saver is None:
+            if not has_variables:
+                return
+            saver = tf.compat.v1.train.Saver()
+        try:
+            saver.restore(self.session, prefix)
+        except (tf.errors.OpError, ValueError) as e:
+            raise ModelFileError(
+                f"Restoring variables from {prefix}.index and its data files failed: "
+                f"{_first_line(e)}"
+            ) from e
+
+    def _run_init_ops(self, meta_graph) -> None:
+        asset_dir = os.path.join(self.path, "assets")
+        feeds = {
+            self.graph.get_tensor_by_name(asset.tensor_name): os.path.join(
+                asset_dir, asset.filename
+            )
+            for asset in savedmodel.assets(meta_graph)
+        }
+        found = savedmodel.init_ops(meta_graph)
+        names = (
+            found.get(savedmodel.INIT_OP_SIGNATURE_KEY)
+            or found.get("saved_model_main_op")
+            or found.get("main_op")
+            or found.get("legacy_init_op")
+            # no init op: TF Transform exports still need their tables filled
+            or found.get("table_initializer")
+            or []
+        )
+        if not names:
+            return
+        targets = [self.graph.as_graph_element(name) for name in names]
+        try:
+            self.session.run(targets, feed_dict=feeds)
+        except tf.errors.OpError as e:
+            raise ModelFileError(
+                f"The model's init op ({', '.join(names)}) failed: {_first_line(e)}"
+            ) from e
+
+    def _check_signature(self, key: str) -> SignatureInfo:
+        sig = self.signature(key)
+        for spec in (*sig.inputs.values(), *sig.outputs.values()):
+            for name in spec.components.values() or [spec.tensor_name]:
+                try:
+                    self.graph.get_tensor_by_name(name)
+                except (KeyError, ValueError) as e:
+                    raise ModelFileError(
+                        f"Signature {key!r} names tensor {name!r} for {spec.key!r}, "
+                        f"but the graph has no such tensor."
+                    ) from e
+        return sig
+
+    # ------------------------------------------------------------------ public
+
+    def signature(self, key: str | None = None) -> SignatureInfo:
+        """The signature `key` (default: the model's default signature)."""
+        key = self.default_signature if key is None else key
+        try:
+            return self.signatures[key]
+        except KeyError:
+            raise SignatureNotFoundError(
+                f"Signature {key!r} is not in the model. Its signatures are: "
+                f"{', '.join(repr(k) for k in self.signatures) or 'none'}."
+            ) from None
+
+    def required_inputs(self, signature: str | None = None) -> list[str]:
+        """Input keys that must be fed: all but placeholders with a default, one key per tensor."""
+        sig = self.signature(signature)
+        seen: set[str] = set()
+        required = []
+        for key, spec in sig.inputs.items():
+            if spec.encoding != "dense":
+                required.append(key)
+                continue
+            op = self.graph.get_tensor_by_name(spec.tensor_name).op
+            if op.type not in _OPTIONAL_INPUT_OPS and spec.tensor_name not in seen:
+                required.append(key)
+            seen.add(spec.tensor_name)
+        return required
+
+    def predict(
+        self,
+        feeds: Mapping[str, Any],
+        outputs: Sequence[str] | None = None,
+        signature: str | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run `signature` on `feeds` ({input key: array}) and return {output key: ndarray}."""
+        sig = self.signature(signature)
+        output_keys = self._output_keys(sig, outputs)
+        tensor_values = self._check_feeds(sig, feeds)
+        run = self._callable(sig.key, tuple(tensor_values), output_keys)
+        results = run(*tensor_values.values())
+        return dict(zip(output_keys, results))
+
+    def variables(self) -> dict[str, np.ndarray]:
+        """Current values of the graph's global variables, by variable name."""
+        if not self._variable_reads:
+            return {}
+        names = list(self._variable_reads)
+        values = self.session.run([self._variable_reads[n] for n in names])
+        return dict(zip(names, values))
+
+    def close(self) -> None:
+        self._callables.clear()
+        self.session.close()
+
+    def __enter__(self) -> V1Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"V1Model({self.path!r}, tags={','.join(self.tags)!r}, "
+            f"signatures={list(self.signatures)})"
+        )
+
+    # ------------------------------------------------------------------ feeding
+
+    def _output_keys(self, sig: SignatureInfo, outputs: Sequence[str] | None) -> tuple[str, ...]:
+        if outputs is None:
+            return tuple(sig.outputs)
+        unknown = [k for k in outputs if k not in sig.outputs]
+        if unknown:
+            raise SignatureNotFoundError(
+                f"Output(s) {unknown} are not in signature {sig.key!r}; its outputs are "
+                f"{list(sig.outputs)}."
+            )
+        return tuple(outputs)
+
+    def _check_feeds(self, sig: SignatureInfo, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Validate and cast feeds; return {tensor name: array} in a stable order."""
+        unknown = [k for k in feeds if k not in sig.inputs]
+        if unknown:
+            raise FeedError(
+                f"Input(s) {unknown} are not in signature {sig.key!r}; its inputs are "
+                f"{_describe(sig.inputs)}."
+            )
+        missing = [
+            k for k in self.required_inputs(sig.key)
+            if k not in feeds and not _fed_by_alias(sig, k, feeds)
+        ]
+        if missing:
+            raise FeedError(
+                f"Signature {sig.key!r} needs input(s) {missing} that were not given; "
+                f"its inputs are {_describe(sig.inputs)}."
+            )
+        by_tensor: dict[str, np.ndarray] = {}
+        for key in sorted(feeds):
+            spec = sig.inputs[key]
+            if spec.encoding == "coo_sparse":
+                values = _sparse_components(key, spec, feeds[key])
+            elif spec.encoding == "dense":
+                values = {spec.tensor_name: cast_feed(key, spec, feeds[key])}
+            else:
+                raise FeedError(
+                    f"Input {key!r} of signature {sig.key!r} is a composite tensor, "
+                    "which beam-v1 cannot feed yet."
+                )
+            for name, array in values.items():
+                if name in by_tensor and not _same(by_tensor[name], array):
+                    raise FeedError(
+                        f"Inputs of signature {sig.key!r} that share tensor {name!r} were "
+                        "given different values; give only one of them."
+                    )
+                by_tensor[name] = array
+        return by_tensor
+
+    def _callable(self, signature: str, feed_names: tuple[str, ...], output_keys: tuple[str, ...]):
+        cache_key = (signature, feed_names, output_keys)
+        run = self._callables.get(cache_key)
+        if run is not None:
+            return run
+        with self._lock:
+            run = self._callables.get(cache_key)
+            if run is None:
+                sig = self.signature(signature)
+                options = config_pb2.CallableOptions(
+                    feed=list(feed_names),
+                    fetch=[sig.outputs[k].tensor_name for k in output_keys],
+                )
+                run = self.session._make_callable_from_options(options)
+                self._callables[cache_key] = run
+        return run
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _first_line(error: Exception) -> str:
+    text = getattr(error, "message", None) or str(error)
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def _describe(specs: Mapping[str, TensorSpec]) -> str:
+    return ", ".join(f"{k} ({s.dtype} {s.shape_str()})" for k, s in specs.items()) or "none"
+
+
+def _fed_by_alias(sig: SignatureInfo, key: str, feeds: Mapping[str, Any]) -> bool:
+    tensor = sig.inputs[key].tensor_name
+    return any(sig.inputs[k].tensor_name == tensor for k in feeds)
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.all(a == b))
+
+
+def cast_feed(key: str, spec: TensorSpec, value: Any) -> np.ndarray:
+    """`value` as an array of `spec`'s dtype, casting only where numpy calls it safe ('same_kind')."""
+    target = numpy_dtype(spec)
+    array = np.asarray(value)
+    if target == object:
+        if array.dtype.kind not in "OSU":
+            raise FeedError(
+                f"Input {key!r} expects strings ({spec.dtype} {spec.shape_str()}) but was "
+                f"given {array.dtype} values."
+            )
+    elif array.dtype != target:
+        if array.dtype.kind in "OSU" or not np.can_cast(array.dtype, target, "same_kind"):
+            raise FeedError(
+                f"Input {key!r} expects {spec.dtype} {spec.shape_str()} but was given "
+                f"{array.dtype} values, which do not cast safely ('same_kind') to {target}."
+            )
+        array = array.astype(target)
+    _check_shape(key, spec, array.shape)
+    return array
+
+
+def _check_shape(key: str, spec: TensorSpec, shape: tuple[int, ...]) -> None:
+    if spec.shape is None:
+        return
+    ok = len(shape) == len(spec.shape) and all(
+        want < 0 or want == got for want, got in zip(spec.shape, shape)
+    )
+    if not ok:
+        raise FeedError(
+            f"Input {key!r} expects shape {spec.shape_str()} ({spec.dtype}) but was given "
+            f"shape [{','.join(map(str, shape))}]."
+        )
+
+
+def _sparse_components(key: str, spec: TensorSpec, value: Any) -> dict[str, np.ndarray]:
+    if isinstance(value, Mapping):
+        indices, values, dense_shape = value["indices"], value["values"], value["dense_shape"]
+    elif hasattr(value, "indices") and hasattr(value, "dense_shape"):
+        indices, values, dense_shape = value.indices, value.values, value.dense_shape
+    else:
+        raise FeedError(
+            f"Input {key!r} is a sparse tensor: give a tf.compat.v1.SparseTensorValue or a dict "
+            "with 'indices', 'values' and 'dense_shape'."
+        )
+    values_spec = dataclasses.replace(spec, shape=(-1,), encoding="dense")
+    return {
+        spec.components["indices"]: np.asarray(indices, dtype=np.int64),
+        spec.components["values"]: cast_feed(key, values_spec, values),
+        spec.components["dense_shape"]: np.asarray(dense_shape, dtype=np.int64),
+    }
+
+
+def load(
+    path: str,
+    tags: Sequence[str] | str | None = None,
+    signature: str | None = None,
+    **options: Any,
+) -> V1Model:
+    """Load a TF1 SavedModel into one session (SPEC §2).
+
+    Options: intra_op_threads, inter_op_threads, op_libraries, import_modules.
+    """
+    return V1Model(path, tags=tags, signature=signature, options=LoadOptions.from_kwargs(**options))
