@@ -20,13 +20,28 @@ def _csv(value: str) -> list[str]:
 
 
 def _add_load_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tags", type=_csv, default=None,
-                        help="tag set of the MetaGraph (default: the only one, else 'serve')")
-    parser.add_argument("--op-library", dest="op_libraries", action="append", default=[],
-                        metavar="PATH", help="load a custom op library (.so) first; repeatable")
-    parser.add_argument("--import", dest="import_modules", action="append", default=[],
-                        metavar="MODULE",
-                        help="import a module that registers ops (e.g. tensorflow_text) first")
+    parser.add_argument(
+        "--tags",
+        type=_csv,
+        default=None,
+        help="tag set of the MetaGraph (default: the only one, else 'serve')",
+    )
+    parser.add_argument(
+        "--op-library",
+        dest="op_libraries",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="load a custom op library (.so) first; repeatable",
+    )
+    parser.add_argument(
+        "--import",
+        dest="import_modules",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module that registers ops (e.g. tensorflow_text) first",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,8 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from beam_v1.savedmodel import inspect
 
-    info = inspect(args.model, tags=args.tags, op_libraries=args.op_libraries,
-                   import_modules=args.import_modules)
+    info = inspect(
+        args.model,
+        tags=args.tags,
+        op_libraries=args.op_libraries,
+        import_modules=args.import_modules,
+    )
     if args.json:
         print(json.dumps(info.to_dict(), indent=2))
     else:

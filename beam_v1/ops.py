@@ -14,8 +14,10 @@ _log = logging.getLogger(__name__)
 _loaded: set[str] = set()
 
 
-def register_extra_ops(op_libraries: Sequence[str] = (), import_modules: Sequence[str] = ()) -> None:
-    """Load custom op libraries (`tf.load_op_library`) and import op-registering modules, once each."""
+def register_extra_ops(
+    op_libraries: Sequence[str] = (), import_modules: Sequence[str] = ()
+) -> None:
+    """Load op libraries (`tf.load_op_library`) and import op-registering modules, once each."""
     import tensorflow as tf
 
     for module in import_modules:
@@ -32,7 +34,9 @@ def register_extra_ops(op_libraries: Sequence[str] = (), import_modules: Sequenc
         try:
             tf.load_op_library(library)
         except Exception as e:  # tf raises NotFoundError or a generic error for a bad .so
-            raise BeamV1Error(f"Cannot load op library {library!r} given with --op-library: {e}") from e
+            raise BeamV1Error(
+                f"Cannot load op library {library!r} given with --op-library: {e}"
+            ) from e
         _loaded.add(("library", library))
 
 
@@ -49,7 +53,7 @@ def _op_status(op: str) -> str | None:
 
 
 def missing_ops(graph_def: graph_pb2.GraphDef) -> dict[str, tuple[list[str], str]]:
-    """Ops used by the graph (and its function library) that cannot run here: op -> (nodes, reason)."""
+    """Ops of the graph and its function library that cannot run here: op -> (nodes, reason)."""
     functions = {f.signature.name for f in graph_def.library.function}
     users: dict[str, list[str]] = {}
     for node in graph_def.node:

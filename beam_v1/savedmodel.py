@@ -137,8 +137,9 @@ def resolve_model_dir(path: str) -> str:
     )
     if versions:
         chosen = os.path.join(path, versions[-1][1])
-        _log.info("%s holds versions %s; using the highest, %s", path,
-                  [v[1] for v in versions], chosen)
+        _log.info(
+            "%s holds versions %s; using the highest, %s", path, [v[1] for v in versions], chosen
+        )
         return chosen
     raise ModelFileError(
         f"No saved_model.pb or saved_model.pbtxt in {path!r} (it holds: "
@@ -279,7 +280,8 @@ def tensor_spec(key: str, info: meta_graph_pb2.TensorInfo) -> TensorSpec:
     return TensorSpec(
         key=key,
         dtype=dtype_name(info.dtype),
-        shape=shape_of(info.tensor_shape),
+        # TF 1.0 wrote TensorInfo without tensor_shape: unknown, not a scalar
+        shape=shape_of(info.tensor_shape) if info.HasField("tensor_shape") else None,
         tensor_name=tensor_name,
         encoding=encoding,
         components=components,
@@ -470,9 +472,7 @@ def _table(rows: list[list[str]], indent: str = "    ") -> list[str]:
     if not rows:
         return []
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return [
-        indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows
-    ]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
 def _shape_str(shape) -> str:
@@ -526,4 +526,3 @@ def format_model_info(info: ModelInfo) -> str:
     else:
         lines.append("  (none)")
     return "\n".join(lines)
-

@@ -1,9 +1,196 @@
-"""Placeholder replaced by the scoring issue."""
+"""`beam-v1 score`: flags, the pipeline run, and the summary users see (SPEC §3, §6)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from beam_v1.errors import BeamV1Error
+
+PROGRESS_SECONDS = 5.0
 
 
-def add_score_flags(parser):
-    parser.add_argument("--model", required=True)
+def _column_mapping(value: str) -> tuple[str, str]:
+    column, sep, key = value.partition("=")
+    if not sep or not column or not key:
+        raise argparse.ArgumentTypeError(f"--map wants COLUMN=INPUT_KEY, got {value!r}")
+    return column, key
 
 
-def run_score(args, extra):
-    raise NotImplementedError
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def add_score_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="SavedModel dir (local, gs://, s3://, ...)")
+    parser.add_argument("--input", required=True, help="Parquet file pattern (glob)")
+    parser.add_argument("--output", required=True, help="output prefix: PREFIX-SSSSS-of-NNNNN")
+    parser.add_argument("--signature", default=None,
+                        help="signature key (default: serving_default, else the only one)")
+    parser.add_argument("--outputs", type=_csv, default=None,
+                        help="output keys to write (default: every batch-aligned output)")
+    parser.add_argument("--keep-columns", type=_csv, default=None,
+                        help="input columns to copy to the output (default: all not fed)")
+    parser.add_argument("--map", dest="column_map", type=_column_mapping, action="append",
+                        default=[], metavar="COLUMN=INPUT_KEY",
+                        help="feed input INPUT_KEY from COLUMN; repeatable")
+    parser.add_argument("--batch-size", type=int, default=65536, help="rows per session run")
+    parser.add_argument("--dead-letter", default=None,
+                        help="prefix for failed rows (default: PREFIX-failed)")
+    parser.add_argument("--num-shards", type=int, default=0,
+                        help="output files (default: the runner decides)")
+    parser.add_argument("--intra-op-threads", type=int, default=0)
+    parser.add_argument("--inter-op-threads", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def score(
+    model: str,
+    input_pattern: str,
+    output_prefix: str,
+    pipeline_args: Sequence[str] = (),
+    *,
+    progress: bool = True,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Run ScoreParquet as a pipeline, wait for it, write and return the summary."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_v1.transforms import ScoreParquet
+
+    options = PipelineOptions(list(pipeline_args))
+    started = time.perf_counter()
+    transform = ScoreParquet(model, input_pattern, output_prefix,
+                             progress_seconds=PROGRESS_SECONDS if progress else None, **kwargs)
+    pipeline = beam.Pipeline(options=options)
+    _ = pipeline | "ScoreParquet" >> transform
+    result = pipeline.run()
+    state = result.wait_until_finish()
+    seconds = time.perf_counter() - started
+    if str(state).upper().split(".")[-1] not in ("DONE", "UNKNOWN"):
+        raise BeamV1Error(f"The pipeline ended in state {state}.")
+    summary = summarize(result, transform, seconds)
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.create(f"{output_prefix}-summary.json") as f:
+        f.write(json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def summarize(result, transform, seconds: float) -> dict[str, Any]:
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from beam_v1.transforms import read_json
+
+    metrics = result.metrics().query(MetricsFilter().with_namespace("beam_v1"))
+
+    def value(item):
+        try:
+            return item.committed if item.committed is not None else item.attempted
+        except Exception:  # noqa: BLE001 - runners without committed metrics
+            return item.attempted
+
+    counters = {c.key.metric.name: 0 for c in metrics["counters"]}
+    for c in metrics["counters"]:
+        counters[c.key.metric.name] += value(c) or 0
+    dists = {}
+    for d in metrics["distributions"]:
+        v = value(d)
+        if v is not None and v.count:
+            dists[d.key.metric.name] = v
+    latency = read_json(transform.latency_path) or {}
+    try:
+        FileSystems.delete([transform.latency_path])
+    except Exception:  # noqa: BLE001 - nothing to delete
+        pass
+    quantiles = latency.get("quantiles") or []
+    files = _matching(f"{transform.output_prefix}-*-of-*.parquet")
+    failed_files = _matching(f"{transform.dead_letter_prefix}-*-of-*.parquet")
+    files = [f for f in files if f not in failed_files]
+    load = dists.get("model_load_ms")
+    rows_in = counters.get("rows_in", 0)
+    return {
+        "model": transform.model,
+        "input": transform.input_pattern,
+        "signature": transform.checked.signature.key,
+        "rows_in": rows_in,
+        "rows_scored": counters.get("rows_scored", 0),
+        "rows_failed": counters.get("rows_failed", 0),
+        "files_written": files,
+        "dead_letter_files": failed_files,
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(rows_in / seconds, 1) if seconds else None,
+        "model_loads": counters.get("model_loads", 0),
+        "model_load_seconds": round(load.max / 1000, 3) if load else None,
+        "batches": counters.get("batches", 0),
+        "batch_latency_ms_p50": _quantile(quantiles, 0.50),
+        "batch_latency_ms_p95": _quantile(quantiles, 0.95),
+    }
+
+
+def _quantile(quantiles: list[float], q: float) -> float | None:
+    if not quantiles:
+        return None
+    return round(float(quantiles[round(q * (len(quantiles) - 1))]), 2)
+
+
+def _matching(pattern: str) -> list[str]:
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    except Exception:  # noqa: BLE001 - no match
+        return []
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    def fmt(v):
+        return "-" if v is None else (f"{v:,}" if isinstance(v, int) else str(v))
+
+    lines = [
+        f"rows in      {fmt(summary['rows_in'])}",
+        f"rows scored  {fmt(summary['rows_scored'])}",
+        f"rows failed  {fmt(summary['rows_failed'])}"
+        + (f"  (dead letter: {', '.join(summary['dead_letter_files'])})"
+           if summary["rows_failed"] else ""),
+        f"files        {len(summary['files_written'])}: "
+        + ", ".join(summary["files_written"][:4])
+        + (" ..." if len(summary["files_written"]) > 4 else ""),
+        f"time         {summary['seconds']} s, {fmt(summary['rows_per_second'])} rows/s",
+        f"model load   {fmt(summary['model_load_seconds'])} s "
+        f"({summary['model_loads']} load(s), one per worker process)",
+        f"batch        p50 {fmt(summary['batch_latency_ms_p50'])} ms, "
+        f"p95 {fmt(summary['batch_latency_ms_p95'])} ms over {summary['batches']} batches",
+    ]
+    return "\n".join(lines)
+
+
+def run_score(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
+    summary = score(
+        args.model,
+        args.input,
+        args.output,
+        pipeline_args,
+        progress=not args.quiet,
+        dead_letter_prefix=args.dead_letter,
+        signature=args.signature,
+        tags=args.tags,
+        outputs=args.outputs,
+        keep_columns=args.keep_columns,
+        column_map=dict(args.column_map),
+        batch_size=args.batch_size,
+        num_shards=args.num_shards,
+        intra_op_threads=args.intra_op_threads,
+        inter_op_threads=args.inter_op_threads,
+        op_libraries=args.op_libraries,
+        import_modules=args.import_modules,
+    )
+    print(format_summary(summary))
+    print(f"summary      {args.output}-summary.json", file=sys.stdout)
+    return 0

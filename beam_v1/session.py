@@ -102,8 +102,7 @@ class V1Model:
         self._callables: dict[tuple, Any] = {}
         self._lock = threading.Lock()
         self.load_seconds = time.perf_counter() - started
-        _log.info("Loaded %s (tags %s) in %.2fs", self.path, ",".join(self.tags),
-                  self.load_seconds)
+        _log.info("Loaded %s (tags %s) in %.2fs", self.path, ",".join(self.tags), self.load_seconds)
 
     # ------------------------------------------------------------------ loading
 
@@ -210,7 +209,8 @@ class V1Model:
         tensor_values = self._check_feeds(sig, feeds)
         run = self._callable(sig.key, tuple(tensor_values), output_keys)
         results = run(*tensor_values.values())
-        return dict(zip(output_keys, results))
+        # rank-0 outputs come back as numpy scalars; the contract is ndarray
+        return {key: np.asarray(value) for key, value in zip(output_keys, results)}
 
     def variables(self) -> dict[str, np.ndarray]:
         """Current values of the graph's global variables, by variable name."""
@@ -258,7 +258,8 @@ class V1Model:
                 f"{_describe(sig.inputs)}."
             )
         missing = [
-            k for k in self.required_inputs(sig.key)
+            k
+            for k in self.required_inputs(sig.key)
             if k not in feeds and not _fed_by_alias(sig, k, feeds)
         ]
         if missing:
@@ -327,10 +328,10 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def cast_feed(key: str, spec: TensorSpec, value: Any) -> np.ndarray:
-    """`value` as an array of `spec`'s dtype, casting only where numpy calls it safe ('same_kind')."""
+    """`value` as an array of `spec`'s dtype; only casts numpy calls safe ('same_kind')."""
     target = numpy_dtype(spec)
     array = np.asarray(value)
-    if target == object:
+    if target.kind == "O":
         if array.dtype.kind not in "OSU":
             raise FeedError(
                 f"Input {key!r} expects strings ({spec.dtype} {spec.shape_str()}) but was "

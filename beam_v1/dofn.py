@@ -1,0 +1,210 @@
+"""The Beam DoFn: model loading per worker, re-batching, tagged outputs, metrics, progress."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils import shared
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+NAMESPACE = "beam_v1"
+SCORED = "scored"
+FAILED = "failed"
+LATENCY = "batch_latency_ms"
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringConfig:
+    """Everything a worker needs to load the model and plan its batches (picklable)."""
+
+    model: str
+    tags: tuple[str, ...] | None = None
+    signature: str | None = None
+    outputs: tuple[str, ...] | None = None
+    keep_columns: tuple[str, ...] | None = None
+    column_map: tuple[tuple[str, str], ...] = ()
+    batch_size: int = 65536
+    load_options: tuple[tuple[str, Any], ...] = ()
+    output_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    def cache_key(self) -> str:
+        return repr((self.model, self.tags, self.signature, self.load_options))
+
+
+class _SharedModel:
+    """Weak-referenceable holder for the per-process model (`Shared.acquire` needs one)."""
+
+    def __init__(self, model, load_ms: int):
+        self.model = model
+        self.load_ms = load_ms
+        self._unreported = True
+        self._lock = threading.Lock()
+
+    def take_load_report(self) -> int | None:
+        """The load time, to the first caller only (metrics need a running bundle)."""
+        with self._lock:
+            if self._unreported:
+                self._unreported = False
+                return self.load_ms
+        return None
+
+
+def load_shared_model(config: ScoringConfig):
+    from beam_v1 import staging
+    from beam_v1.session import load
+
+    started = time.perf_counter()
+    local = staging.local_model_dir(config.model)
+    model = load(local, tags=config.tags, signature=config.signature, **dict(config.load_options))
+    _log.info("beam-v1 worker %d loaded %s", os.getpid(), config.model)
+    return _SharedModel(model, int((time.perf_counter() - started) * 1000))
+
+
+class RunV1InferenceDoFn(beam.DoFn):
+    """Scores Arrow tables; main output `scored`, tagged outputs `failed` and latencies."""
+
+    def __init__(
+        self,
+        config: ScoringConfig,
+        shared_handle: shared.Shared,
+        progress_seconds: float | None = None,
+        emit_latency: bool = False,
+    ):
+        self._config = config
+        self._shared = shared_handle
+        self._progress_seconds = progress_seconds
+        self._emit_latency = emit_latency
+        self._rows_in = Metrics.counter(NAMESPACE, "rows_in")
+        self._rows_scored = Metrics.counter(NAMESPACE, "rows_scored")
+        self._rows_failed = Metrics.counter(NAMESPACE, "rows_failed")
+        self._batches = Metrics.counter(NAMESPACE, "batches")
+        self._batch_size = Metrics.distribution(NAMESPACE, "batch_size")
+        self._batch_latency = Metrics.distribution(NAMESPACE, "batch_latency_ms")
+
+    def setup(self) -> None:
+        self._holder = self._shared.acquire(
+            lambda: load_shared_model(self._config), tag=self._config.cache_key()
+        )
+        self._model = self._holder.model
+        self._scorers: dict[pa.Schema, Any] = {}
+        self._started = time.monotonic()
+        self._last_progress = self._started
+        self._worker_rows = 0
+
+    def start_bundle(self) -> None:
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
+        load_ms = self._holder.take_load_report()
+        if load_ms is not None:
+            Metrics.counter(NAMESPACE, "model_loads").inc()
+            Metrics.distribution(NAMESPACE, "model_load_ms").update(load_ms)
+
+    def process(self, element: pa.Table | pa.RecordBatch):
+        table = pa.Table.from_batches([element]) if isinstance(element, pa.RecordBatch) else element
+        if table.num_rows == 0:
+            return
+        if self._buffer and table.schema != self._buffer[0].schema:
+            yield from self._flush(self._take_buffer())
+        self._buffer.append(table)
+        self._buffered += table.num_rows
+        size = self._config.batch_size
+        while self._buffered >= size:
+            merged = self._take_buffer()
+            yield from self._flush(merged.slice(0, size))
+            if merged.num_rows > size:
+                self._buffer = [merged.slice(size)]
+                self._buffered = merged.num_rows - size
+
+    def finish_bundle(self):
+        if self._buffer:
+            for output in self._flush(self._take_buffer()):
+                if isinstance(output, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(output.tag, _global(output.value))
+                else:
+                    yield _global(output)
+
+    def _take_buffer(self) -> pa.Table:
+        merged = self._buffer[0] if len(self._buffer) == 1 else pa.concat_tables(self._buffer)
+        self._buffer, self._buffered = [], 0
+        return merged
+
+    def _flush(self, batch: pa.Table):
+        started = time.perf_counter()
+        result = self._scorer(batch.schema).score(batch)
+        latency_ms = (time.perf_counter() - started) * 1000
+        self._rows_in.inc(batch.num_rows)
+        self._rows_scored.inc(result.scored.num_rows)
+        self._rows_failed.inc(result.failed.num_rows)
+        self._batches.inc()
+        self._batch_size.update(batch.num_rows)
+        self._batch_latency.update(int(latency_ms))
+        self._progress(batch.num_rows)
+        if result.scored.num_rows:
+            yield result.scored
+        if result.failed.num_rows:
+            yield beam.pvalue.TaggedOutput(FAILED, result.failed)
+        if self._emit_latency:
+            yield beam.pvalue.TaggedOutput(LATENCY, latency_ms)
+
+    def _scorer(self, schema: pa.Schema):
+        scorer = self._scorers.get(schema)
+        if scorer is None:
+            from beam_v1 import columns
+            from beam_v1.inference import BatchScorer
+
+            c = self._config
+            plan = columns.make_plan(
+                self._model.signature(c.signature),
+                schema,
+                required_inputs=self._model.required_inputs(c.signature),
+                column_map=dict(c.column_map),
+                outputs=c.outputs,
+                keep_columns=c.keep_columns,
+                output_shapes=dict(c.output_shapes),
+            )
+            scorer = self._scorers[schema] = BatchScorer(self._model, plan, schema)
+        return scorer
+
+    def _progress(self, rows: int) -> None:
+        self._worker_rows += rows
+        if not self._progress_seconds:
+            return
+        now = time.monotonic()
+        if now - self._last_progress >= self._progress_seconds:
+            self._last_progress = now
+            rate = self._worker_rows / max(now - self._started, 1e-9)
+            print(
+                f"beam-v1: worker {os.getpid()}: {self._worker_rows:,} rows, {rate:,.0f} rows/s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _global(value) -> WindowedValue:
+    return WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()])
+
+
+def freeze_mapping(mapping: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((mapping or {}).items()))
+
+
+def freeze_list(values: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = [v for v in values.split(",") if v]
+    return tuple(values)

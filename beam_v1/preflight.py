@@ -1,0 +1,140 @@
+"""Checks before any worker starts (SPEC §5): model, tags, signature, outputs, input schema."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from beam_v1 import columns, ops, savedmodel, staging
+from beam_v1.errors import BeamV1Error, SchemaError
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Checked:
+    """What the checks found: the plan every worker will use, and the schemas to write."""
+
+    model_dir: str  # local (staged) copy of the model
+    signature: savedmodel.SignatureInfo
+    plan: columns.FeedPlan
+    input_schema: pa.Schema
+    output_schema: pa.Schema
+    failed_schema: pa.Schema
+    input_files: list[str]
+    output_shapes: dict[str, tuple[int, ...]]
+
+
+def match_files(pattern: str) -> list[str]:
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as e:  # BeamIOError for a bad pattern or an unreachable filesystem
+        raise BeamV1Error(f"Cannot list input files {pattern!r}: {e}") from e
+    files = sorted(m.path for m in matched)
+    if not files:
+        raise BeamV1Error(f"No input file matches {pattern!r}.")
+    return files
+
+
+def read_schema(path: str) -> pa.Schema:
+    try:
+        with FileSystems.open(path) as f:
+            return pq.read_schema(pa.PythonFile(f, mode="r"))
+    except Exception as e:
+        raise BeamV1Error(f"Cannot read the Parquet footer of {path}: {e}") from e
+
+
+def check_model(
+    model: str,
+    tags: Sequence[str] | None,
+    signature: str | None,
+    load_options: Mapping,
+) -> tuple[str, savedmodel.SignatureInfo, list[str]]:
+    """Model path, tags, signature and ops; returns (local dir, signature, required inputs)."""
+    ops.register_extra_ops(load_options.get("op_libraries", ()),
+                           load_options.get("import_modules", ()))
+    local = savedmodel.resolve_model_dir(staging.local_model_dir(model))
+    saved_model = savedmodel.read_saved_model(local)
+    meta_graph = savedmodel.select_meta_graph(saved_model, tags)
+    key = savedmodel.default_signature_key(meta_graph, signature)
+    missing = ops.missing_ops(meta_graph.graph_def)
+    if missing:
+        raise ops.missing_ops_error(local, missing)
+    sig = savedmodel.signatures(meta_graph)[key]
+    return local, sig, list(sig.inputs)
+
+
+def check_scoring(
+    model: str,
+    input_pattern: str,
+    *,
+    tags: Sequence[str] | None = None,
+    signature: str | None = None,
+    outputs: Sequence[str] | None = None,
+    keep_columns: Sequence[str] | None = None,
+    column_map: Mapping[str, str] | None = None,
+    load_options: Mapping | None = None,
+) -> Checked:
+    """Run every check that needs no worker; raise a BeamV1Error naming what is available."""
+    load_options = dict(load_options or {})
+    local, sig, required = check_model(model, tags, signature, load_options)
+    files = match_files(input_pattern)
+    schema = read_schema(files[0])
+    plan_kwargs = dict(column_map=column_map, outputs=outputs, keep_columns=keep_columns)
+    output_shapes: dict[str, tuple[int, ...]] = {}
+    unknown = columns.unknown_rank_outputs(sig, outputs)
+    if unknown:
+        output_shapes = probe_output_shapes(local, tags, sig, files[0], schema, plan_kwargs,
+                                            load_options, unknown)
+    plan = columns.make_plan(sig, schema, required_inputs=required,
+                             output_shapes=output_shapes, **plan_kwargs)
+    return Checked(
+        model_dir=local,
+        signature=sig,
+        plan=plan,
+        input_schema=schema,
+        output_schema=plan.output_schema(schema),
+        failed_schema=columns.failed_schema(schema),
+        input_files=files,
+        output_shapes=output_shapes,
+    )
+
+
+def probe_output_shapes(local, tags, sig, first_file, schema, plan_kwargs, load_options, keys):
+    """Outputs of unknown rank: run the model on the first rows to learn each one's shape."""
+    from beam_v1.inference import BatchScorer
+    from beam_v1.session import load
+
+    model = load(local, tags=tags, signature=sig.key, **load_options)
+    try:
+        with FileSystems.open(first_file) as f:
+            parquet = pq.ParquetFile(pa.PythonFile(f, mode="r"))
+            sample = next(parquet.iter_batches(batch_size=8), None)
+        if sample is None or sample.num_rows == 0:
+            raise SchemaError(f"Outputs {keys} have unknown rank and {first_file} has no rows "
+                              "to learn their shapes from.")
+        # plan with every output's rank taken as "one value per row" to get feeds
+        guess = {k: (-1,) for k in keys}
+        plan = columns.make_plan(sig, schema, required_inputs=model.required_inputs(sig.key),
+                                 output_shapes=guess, **plan_kwargs)
+        feeds = columns.to_feeds(pa.Table.from_batches([sample]), plan)
+        if not feeds.groups:
+            raise SchemaError(
+                f"Outputs {keys} have unknown rank and none of the first rows of {first_file} "
+                f"can be scored to learn their shapes: {feeds.bad_reasons[:3]}"
+            )
+        rows, group = feeds.groups[0]
+        scorer = BatchScorer(model, plan, schema)
+        fetched = scorer._run(group, len(rows))
+        # fetched arrays have a leading row dim; the rest is learnt, each dim left variable
+        batch_dim = () if plan.row_by_row else (-1,)
+        shapes = {k: batch_dim + (-1,) * (fetched[k].ndim - 1) for k in keys}
+        _log.info("Learnt shapes of unknown-rank outputs from %s: %s", first_file, shapes)
+        return shapes
+    finally:
+        model.close()

@@ -1,0 +1,190 @@
+"""Beam PTransforms: RunV1Inference (Arrow tables in, scored/failed tables out) and ScoreParquet."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import ReadFromParquetBatched, WriteToParquetBatched
+from apache_beam.transforms.stats import ApproximateQuantiles
+from apache_beam.utils import shared
+
+from beam_v1 import dofn, preflight
+from beam_v1.dofn import FAILED, LATENCY, SCORED, ScoringConfig
+
+DEFAULT_BATCH_SIZE = 65536
+
+
+class RunV1Inference(beam.PTransform):
+    """Score a PCollection of `pyarrow.Table`/`RecordBatch` with a TF1 SavedModel.
+
+    Returns a DoOutputsTuple: `result.scored` (tables of kept columns + one column per
+    output) and `result.failed` (tables of every input column + `error`). Rows in =
+    rows scored + rows failed. The model loads once per worker process, in `setup()`.
+
+    If `schema` (the input's Arrow schema) is given, the plan is checked now, at
+    construction, instead of on the first batch a worker sees.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        signature: str | None = None,
+        tags: Sequence[str] | str | None = None,
+        outputs: Sequence[str] | str | None = None,
+        keep_columns: Sequence[str] | str | None = None,
+        column_map: Mapping[str, str] | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        *,
+        schema: pa.Schema | None = None,
+        progress_seconds: float | None = None,
+        output_shapes: Mapping[str, tuple[int, ...]] | None = None,
+        emit_latency: bool = False,
+        **load_options: Any,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        from beam_v1.session import LoadOptions
+
+        LoadOptions.from_kwargs(**load_options)  # unknown options fail now, not on a worker
+        self.config = ScoringConfig(
+            model=str(model),
+            tags=dofn.freeze_list(tags),
+            signature=signature,
+            outputs=dofn.freeze_list(outputs),
+            keep_columns=dofn.freeze_list(keep_columns),
+            column_map=dofn.freeze_mapping(column_map),
+            batch_size=batch_size,
+            load_options=dofn.freeze_mapping(
+                {k: tuple(v) if isinstance(v, list) else v for k, v in load_options.items()}
+            ),
+            output_shapes=dofn.freeze_mapping(output_shapes),
+        )
+        local, sig, required = preflight.check_model(
+            self.config.model, self.config.tags, signature, load_options
+        )
+        self.config = _replace(self.config, signature=sig.key)
+        if schema is not None:
+            from beam_v1 import columns
+
+            columns.make_plan(sig, schema, required_inputs=required, column_map=column_map,
+                              outputs=self.config.outputs, keep_columns=self.config.keep_columns,
+                              output_shapes=output_shapes)
+        self._progress_seconds = progress_seconds
+        self._emit_latency = emit_latency
+        self._shared = shared.Shared()
+
+    def expand(self, tables):
+        tags = [FAILED] + ([LATENCY] if self._emit_latency else [])
+        return tables | "Score" >> beam.ParDo(
+            dofn.RunV1InferenceDoFn(self.config, self._shared, self._progress_seconds,
+                                    self._emit_latency)
+        ).with_outputs(*tags, main=SCORED)
+
+
+def _replace(config: ScoringConfig, **changes) -> ScoringConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+class ScoreParquet(beam.PTransform):
+    """Read Parquet -> RunV1Inference -> write Parquet and a dead-letter Parquet.
+
+    Output files are `PREFIX-SSSSS-of-NNNNN.parquet`; failed rows go to
+    `DEAD_LETTER_PREFIX-SSSSS-of-NNNNN.parquet` (default `PREFIX-failed`). All checks
+    that need no worker (model, tags, signature, outputs, the first file's schema) run
+    when the transform is applied, so a bad argument fails before the pipeline starts.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        input_pattern: str,
+        output_prefix: str,
+        dead_letter_prefix: str | None = None,
+        *,
+        signature: str | None = None,
+        tags: Sequence[str] | str | None = None,
+        outputs: Sequence[str] | str | None = None,
+        keep_columns: Sequence[str] | str | None = None,
+        column_map: Mapping[str, str] | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        num_shards: int = 0,
+        codec: str = "snappy",
+        progress_seconds: float | None = None,
+        **load_options: Any,
+    ):
+        super().__init__()
+        self.model = str(model)
+        self.input_pattern = input_pattern
+        self.output_prefix = output_prefix
+        self.dead_letter_prefix = dead_letter_prefix or f"{output_prefix}-failed"
+        self.options = dict(
+            signature=signature,
+            tags=dofn.freeze_list(tags),
+            outputs=dofn.freeze_list(outputs),
+            keep_columns=dofn.freeze_list(keep_columns),
+            column_map=dict(column_map or {}),
+        )
+        self.batch_size = batch_size
+        self.num_shards = num_shards
+        self.codec = codec
+        self.progress_seconds = progress_seconds
+        self.load_options = load_options
+        self.checked = preflight.check_scoring(
+            self.model, input_pattern, load_options=load_options, **self.options
+        )
+
+    @property
+    def latency_path(self) -> str:
+        return f"{self.output_prefix}-latency.json"
+
+    def expand(self, pbegin):
+        checked = self.checked
+        scored = (
+            pbegin
+            | "Read" >> ReadFromParquetBatched(self.input_pattern)
+            | "Infer" >> RunV1Inference(
+                self.model,
+                schema=checked.input_schema,
+                batch_size=self.batch_size,
+                progress_seconds=self.progress_seconds,
+                output_shapes=checked.output_shapes,
+                emit_latency=True,
+                **self.options,
+                **self.load_options,
+            )
+        )
+        written = scored[SCORED] | "WriteScored" >> WriteToParquetBatched(
+            self.output_prefix, schema=checked.output_schema, codec=self.codec,
+            file_name_suffix=".parquet", num_shards=self.num_shards,
+        )
+        failed = scored[FAILED] | "WriteFailed" >> WriteToParquetBatched(
+            self.dead_letter_prefix, schema=checked.failed_schema, codec=self.codec,
+            file_name_suffix=".parquet",
+        )
+        _ = (
+            scored[LATENCY]
+            | "LatencyQuantiles" >> ApproximateQuantiles.Globally(num_quantiles=21)
+            | "WriteLatency" >> beam.Map(_write_json, self.latency_path)
+        )
+        return {"scored": written, "failed": failed}
+
+
+def _write_json(quantiles: list[float], path: str) -> None:
+    with FileSystems.create(path) as f:
+        f.write(json.dumps({"quantiles": quantiles}).encode())
+
+
+def read_json(path: str) -> dict | None:
+    try:
+        with FileSystems.open(path) as f:
+            return json.loads(f.read().decode())
+    except Exception:  # noqa: BLE001 - absent when there were no batches
+        return None
