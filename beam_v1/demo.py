@@ -23,11 +23,13 @@ def build_demo_model(path: str, seed: int = 0) -> str:
     with graph.as_default():
         x = tf.compat.v1.placeholder(tf.float32, [None, N_FEATURES], name="x")
         age = tf.compat.v1.placeholder(tf.float32, [None], name="age")
-        w1 = tf.compat.v1.Variable(rng.normal(size=(N_FEATURES + 1, 32)).astype(np.float32),
-                                   name="dense/kernel")
+        w1 = tf.compat.v1.Variable(
+            rng.normal(size=(N_FEATURES + 1, 32)).astype(np.float32), name="dense/kernel"
+        )
         b1 = tf.compat.v1.Variable(np.zeros(32, np.float32), name="dense/bias")
-        w2 = tf.compat.v1.Variable(rng.normal(size=(32, N_CLASSES)).astype(np.float32),
-                                   name="logits/kernel")
+        w2 = tf.compat.v1.Variable(
+            rng.normal(size=(32, N_CLASSES)).astype(np.float32), name="logits/kernel"
+        )
         features = tf.concat([x, tf.expand_dims(age / 100.0, 1)], axis=1)
         hidden = tf.nn.relu(tf.matmul(features, w1) + b1)
         probabilities = tf.nn.softmax(tf.matmul(hidden, w2), name="probabilities")
@@ -46,8 +48,9 @@ def build_demo_model(path: str, seed: int = 0) -> str:
     return path
 
 
-def write_demo_data(folder: str, rows: int, files: int = 4, seed: int = 1,
-                    bad_rows: int = 3) -> tuple[str, int]:
+def write_demo_data(
+    folder: str, rows: int, files: int = 4, seed: int = 1, bad_rows: int = 3
+) -> tuple[str, int]:
     """Parquet files with columns id, x (fixed_size_list<16>), age; `bad_rows` with a null age."""
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -62,11 +65,13 @@ def write_demo_data(folder: str, rows: int, files: int = 4, seed: int = 1,
         mask = np.zeros(n, dtype=bool)
         if i == 0 and bad_rows:
             mask[rng.choice(n, size=min(bad_rows, n), replace=False)] = True
-        table = pa.table({
-            "id": pa.array(np.arange(written, written + n, dtype=np.int64)),
-            "x": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), N_FEATURES),
-            "age": pa.array(age, mask=mask),
-        })
+        table = pa.table(
+            {
+                "id": pa.array(np.arange(written, written + n, dtype=np.int64)),
+                "x": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), N_FEATURES),
+                "age": pa.array(age, mask=mask),
+            }
+        )
         pq.write_table(table, os.path.join(folder, f"part-{i:05d}.parquet"), row_group_size=50_000)
         written += n
     return os.path.join(folder, "*.parquet"), written
@@ -103,8 +108,8 @@ def run_demo(rows: int = 200_000, workdir: str | None = None) -> int:
             print(f"  id={row['id']}: {row['error']}")
     print(
         "\nScore your own files the same way:\n"
-        f"  beam-v1 inspect YOUR_MODEL\n"
-        f"  beam-v1 score --model YOUR_MODEL --input 'data/*.parquet' --output out/scored "
+        "  beam-v1 inspect YOUR_MODEL\n"
+        "  beam-v1 score --model YOUR_MODEL --input 'data/*.parquet' --output out/scored "
         "[--runner DirectRunner --direct_running_mode multi_processing --direct_num_workers 2]"
     )
     return 0

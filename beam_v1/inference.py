@@ -93,8 +93,10 @@ class BatchScorer:
             chunk = {k: v[start : start + size] for k, v in feeds.items()}
             rows = min(size, n - start)
             if rows < size:  # pad to the fixed batch with copies of the last row
-                chunk = {k: np.concatenate([v, np.repeat(v[-1:], size - rows, 0)])
-                         for k, v in chunk.items()}
+                chunk = {
+                    k: np.concatenate([v, np.repeat(v[-1:], size - rows, 0)])
+                    for k, v in chunk.items()
+                }
             out = self._predict(chunk)
             chunks.append({k: v[:rows] for k, v in out.items()})
         return {k: np.concatenate([c[k] for c in chunks]) for k in self._outputs}
@@ -136,8 +138,9 @@ class BatchScorer:
             return self.failed_schema.empty_table()
         rows = sorted(failures)
         taken = batch.take(pa.array(rows, type=pa.int64()))
-        taken = taken.append_column(ERROR_COLUMN, pa.array([failures[r] for r in rows],
-                                                           type=pa.string()))
+        taken = taken.append_column(
+            ERROR_COLUMN, pa.array([failures[r] for r in rows], type=pa.string())
+        )
         return taken.cast(self.failed_schema) if taken.schema != self.failed_schema else taken
 
 

@@ -56,8 +56,9 @@ def check_model(
     load_options: Mapping,
 ) -> tuple[str, savedmodel.SignatureInfo, list[str]]:
     """Model path, tags, signature and ops; returns (local dir, signature, required inputs)."""
-    ops.register_extra_ops(load_options.get("op_libraries", ()),
-                           load_options.get("import_modules", ()))
+    ops.register_extra_ops(
+        load_options.get("op_libraries", ()), load_options.get("import_modules", ())
+    )
     local = savedmodel.resolve_model_dir(staging.local_model_dir(model))
     saved_model = savedmodel.read_saved_model(local)
     meta_graph = savedmodel.select_meta_graph(saved_model, tags)
@@ -89,10 +90,12 @@ def check_scoring(
     output_shapes: dict[str, tuple[int, ...]] = {}
     unknown = columns.unknown_rank_outputs(sig, outputs)
     if unknown:
-        output_shapes = probe_output_shapes(local, tags, sig, files[0], schema, plan_kwargs,
-                                            load_options, unknown)
-    plan = columns.make_plan(sig, schema, required_inputs=required,
-                             output_shapes=output_shapes, **plan_kwargs)
+        output_shapes = probe_output_shapes(
+            local, tags, sig, files[0], schema, plan_kwargs, load_options, unknown
+        )
+    plan = columns.make_plan(
+        sig, schema, required_inputs=required, output_shapes=output_shapes, **plan_kwargs
+    )
     return Checked(
         model_dir=local,
         signature=sig,
@@ -116,12 +119,19 @@ def probe_output_shapes(local, tags, sig, first_file, schema, plan_kwargs, load_
             parquet = pq.ParquetFile(pa.PythonFile(f, mode="r"))
             sample = next(parquet.iter_batches(batch_size=8), None)
         if sample is None or sample.num_rows == 0:
-            raise SchemaError(f"Outputs {keys} have unknown rank and {first_file} has no rows "
-                              "to learn their shapes from.")
+            raise SchemaError(
+                f"Outputs {keys} have unknown rank and {first_file} has no rows "
+                "to learn their shapes from."
+            )
         # plan with every output's rank taken as "one value per row" to get feeds
         guess = {k: (-1,) for k in keys}
-        plan = columns.make_plan(sig, schema, required_inputs=model.required_inputs(sig.key),
-                                 output_shapes=guess, **plan_kwargs)
+        plan = columns.make_plan(
+            sig,
+            schema,
+            required_inputs=model.required_inputs(sig.key),
+            output_shapes=guess,
+            **plan_kwargs,
+        )
         feeds = columns.to_feeds(pa.Table.from_batches([sample]), plan)
         if not feeds.groups:
             raise SchemaError(

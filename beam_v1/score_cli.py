@@ -29,20 +29,39 @@ def add_score_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="SavedModel dir (local, gs://, s3://, ...)")
     parser.add_argument("--input", required=True, help="Parquet file pattern (glob)")
     parser.add_argument("--output", required=True, help="output prefix: PREFIX-SSSSS-of-NNNNN")
-    parser.add_argument("--signature", default=None,
-                        help="signature key (default: serving_default, else the only one)")
-    parser.add_argument("--outputs", type=_csv, default=None,
-                        help="output keys to write (default: every batch-aligned output)")
-    parser.add_argument("--keep-columns", type=_csv, default=None,
-                        help="input columns to copy to the output (default: all not fed)")
-    parser.add_argument("--map", dest="column_map", type=_column_mapping, action="append",
-                        default=[], metavar="COLUMN=INPUT_KEY",
-                        help="feed input INPUT_KEY from COLUMN; repeatable")
+    parser.add_argument(
+        "--signature",
+        default=None,
+        help="signature key (default: serving_default, else the only one)",
+    )
+    parser.add_argument(
+        "--outputs",
+        type=_csv,
+        default=None,
+        help="output keys to write (default: every batch-aligned output)",
+    )
+    parser.add_argument(
+        "--keep-columns",
+        type=_csv,
+        default=None,
+        help="input columns to copy to the output (default: all not fed)",
+    )
+    parser.add_argument(
+        "--map",
+        dest="column_map",
+        type=_column_mapping,
+        action="append",
+        default=[],
+        metavar="COLUMN=INPUT_KEY",
+        help="feed input INPUT_KEY from COLUMN; repeatable",
+    )
     parser.add_argument("--batch-size", type=int, default=65536, help="rows per session run")
-    parser.add_argument("--dead-letter", default=None,
-                        help="prefix for failed rows (default: PREFIX-failed)")
-    parser.add_argument("--num-shards", type=int, default=0,
-                        help="output files (default: the runner decides)")
+    parser.add_argument(
+        "--dead-letter", default=None, help="prefix for failed rows (default: PREFIX-failed)"
+    )
+    parser.add_argument(
+        "--num-shards", type=int, default=0, help="output files (default: the runner decides)"
+    )
     parser.add_argument("--intra-op-threads", type=int, default=0)
     parser.add_argument("--inter-op-threads", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress line")
@@ -65,8 +84,13 @@ def score(
 
     options = PipelineOptions(list(pipeline_args))
     started = time.perf_counter()
-    transform = ScoreParquet(model, input_pattern, output_prefix,
-                             progress_seconds=PROGRESS_SECONDS if progress else None, **kwargs)
+    transform = ScoreParquet(
+        model,
+        input_pattern,
+        output_prefix,
+        progress_seconds=PROGRESS_SECONDS if progress else None,
+        **kwargs,
+    )
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | "ScoreParquet" >> transform
     result = pipeline.run()
@@ -157,8 +181,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"rows in      {fmt(summary['rows_in'])}",
         f"rows scored  {fmt(summary['rows_scored'])}",
         f"rows failed  {fmt(summary['rows_failed'])}"
-        + (f"  (dead letter: {', '.join(summary['dead_letter_files'])})"
-           if summary["rows_failed"] else ""),
+        + (
+            f"  (dead letter: {', '.join(summary['dead_letter_files'])})"
+            if summary["rows_failed"]
+            else ""
+        ),
         f"files        {len(summary['files_written'])}: "
         + ", ".join(summary["files_written"][:4])
         + (" ..." if len(summary["files_written"]) > 4 else ""),

@@ -72,9 +72,15 @@ class RunV1Inference(beam.PTransform):
         if schema is not None:
             from beam_v1 import columns
 
-            columns.make_plan(sig, schema, required_inputs=required, column_map=column_map,
-                              outputs=self.config.outputs, keep_columns=self.config.keep_columns,
-                              output_shapes=output_shapes)
+            columns.make_plan(
+                sig,
+                schema,
+                required_inputs=required,
+                column_map=column_map,
+                outputs=self.config.outputs,
+                keep_columns=self.config.keep_columns,
+                output_shapes=output_shapes,
+            )
         self._progress_seconds = progress_seconds
         self._emit_latency = emit_latency
         self._shared = shared.Shared()
@@ -82,8 +88,9 @@ class RunV1Inference(beam.PTransform):
     def expand(self, tables):
         tags = [FAILED] + ([LATENCY] if self._emit_latency else [])
         return tables | "Score" >> beam.ParDo(
-            dofn.RunV1InferenceDoFn(self.config, self._shared, self._progress_seconds,
-                                    self._emit_latency)
+            dofn.RunV1InferenceDoFn(
+                self.config, self._shared, self._progress_seconds, self._emit_latency
+            )
         ).with_outputs(*tags, main=SCORED)
 
 
@@ -150,7 +157,8 @@ class ScoreParquet(beam.PTransform):
         scored = (
             pbegin
             | "Read" >> ReadFromParquetBatched(self.input_pattern)
-            | "Infer" >> RunV1Inference(
+            | "Infer"
+            >> RunV1Inference(
                 self.model,
                 schema=checked.input_schema,
                 batch_size=self.batch_size,
@@ -162,11 +170,16 @@ class ScoreParquet(beam.PTransform):
             )
         )
         written = scored[SCORED] | "WriteScored" >> WriteToParquetBatched(
-            self.output_prefix, schema=checked.output_schema, codec=self.codec,
-            file_name_suffix=".parquet", num_shards=self.num_shards,
+            self.output_prefix,
+            schema=checked.output_schema,
+            codec=self.codec,
+            file_name_suffix=".parquet",
+            num_shards=self.num_shards,
         )
         failed = scored[FAILED] | "WriteFailed" >> WriteToParquetBatched(
-            self.dead_letter_prefix, schema=checked.failed_schema, codec=self.codec,
+            self.dead_letter_prefix,
+            schema=checked.failed_schema,
+            codec=self.codec,
             file_name_suffix=".parquet",
         )
         _ = (
