@@ -195,7 +195,11 @@ def select_meta_graph(
     if tags is None:
         if len(available) == 1:
             if set(available[0]) != {DEFAULT_TAG}:
-                _log.info("Using the model's only tag set: %s", _fmt_tags(available[0]))
+                _log.warning(
+                    "The model has no MetaGraph tagged only %r; using its only tag set %s "
+                    "(pass --tags %s to say so explicitly).",
+                    DEFAULT_TAG, _fmt_tags(available[0]), _fmt_tags(available[0]),
+                )
             return saved_model.meta_graphs[0]
         tags = [DEFAULT_TAG]
     wanted = set(parse_tags(tags))
@@ -298,7 +302,28 @@ def signature_info(key: str, sig: meta_graph_pb2.SignatureDef) -> SignatureInfo:
 
 
 def signatures(mg: meta_graph_pb2.MetaGraphDef) -> dict[str, SignatureInfo]:
-    return {k: signature_info(k, mg.signature_def[k]) for k in signature_keys(mg)}
+    found = {k: signature_info(k, mg.signature_def[k]) for k in signature_keys(mg)}
+    return {k: _placeholder_dtypes(mg, sig) for k, sig in found.items()}
+
+
+def _placeholder_dtypes(mg: meta_graph_pb2.MetaGraphDef, sig: SignatureInfo) -> SignatureInfo:
+    """Trust the graph over a malformed signature: an input declared with another dtype than
+    its Placeholder (e.g. half_plus_three's regress sig: float, fed serialized tf.Examples)."""
+    placeholders = {
+        n.name + ":0": n.attr["dtype"].type
+        for n in mg.graph_def.node
+        if n.op in ("Placeholder", "PlaceholderWithDefault")
+    }
+    inputs = dict(sig.inputs)
+    for key, spec in sig.inputs.items():
+        actual = placeholders.get(spec.tensor_name)
+        if spec.encoding == "dense" and actual is not None and dtype_name(actual) != spec.dtype:
+            _log.warning(
+                "Signature %r declares input %r as %s, but its tensor %s is %s; using %s.",
+                sig.key, key, spec.dtype, spec.tensor_name, dtype_name(actual), dtype_name(actual),
+            )
+            inputs[key] = dataclasses.replace(spec, dtype=dtype_name(actual))
+    return dataclasses.replace(sig, inputs=inputs)
 
 
 def assets(mg: meta_graph_pb2.MetaGraphDef) -> list[AssetInfo]:
@@ -400,10 +425,18 @@ def checkpoint_variables(model_dir: str) -> dict[str, tuple[str, tuple[int, ...]
     }
 
 
-def variables(model_dir: str, mg: meta_graph_pb2.MetaGraphDef) -> list[VariableInfo]:
+def variables(
+    model_dir: str, mg: meta_graph_pb2.MetaGraphDef, warnings: list[str] | None = None
+) -> list[VariableInfo]:
     """Graph and checkpoint variables; partitioned ones shown once, as the full variable."""
     in_graph = graph_variables(mg)
-    in_ckpt = checkpoint_variables(model_dir) or {}
+    try:
+        in_ckpt = checkpoint_variables(model_dir) or {}
+    except ModelFileError as e:
+        if warnings is None:
+            raise
+        warnings.append(str(e))
+        in_ckpt = {}
     trainable = _trainable_names(mg)
     has_collections = "trainable_variables" in mg.collection_def
     partitions = _partitions(mg)
@@ -451,17 +484,20 @@ def inspect(
     saved_model = read_saved_model(model_dir)
     mg = select_meta_graph(saved_model, tags)
     missing = ops.missing_ops(mg.graph_def)
+    warnings: list[str] = []
+    found_variables = variables(model_dir, mg, warnings)
     return ModelInfo(
         path=model_dir,
         tags=tuple(mg.meta_info_def.tags),
         tag_sets=tag_sets(saved_model),
         tensorflow_version=mg.meta_info_def.tensorflow_version or "unknown",
         signatures=signatures(mg),
-        variables=variables(model_dir, mg),
+        variables=found_variables,
         assets=assets(mg),
         init_ops=init_ops(mg),
         missing_ops={op: nodes for op, (nodes, _) in missing.items()},
         missing_op_reasons={op: reason for op, (_, reason) in missing.items()},
+        warnings=warnings,
     )
 
 
@@ -525,4 +561,6 @@ def format_model_info(info: ModelInfo) -> str:
             lines.append(f"  {op}: {info.missing_op_reasons[op]}; used by {shown}")
     else:
         lines.append("  (none)")
+    if info.warnings:
+        lines += ["", "Warnings"] + [f"  {w}" for w in info.warnings]
     return "\n".join(lines)

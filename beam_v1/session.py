@@ -15,7 +15,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
 from beam_v1 import ops, savedmodel
-from beam_v1.errors import FeedError, ModelFileError, SignatureNotFoundError
+from beam_v1.errors import BeamV1Error, FeedError, ModelFileError, SignatureNotFoundError
 from beam_v1.savedmodel import SignatureInfo, TensorSpec
 
 _log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ class V1Model:
             raise
         self._callables: dict[tuple, Any] = {}
         self._lock = threading.Lock()
+        self._closed = False
         self.load_seconds = time.perf_counter() - started
         _log.info("Loaded %s (tags %s) in %.2fs", self.path, ",".join(self.tags), self.load_seconds)
 
@@ -204,6 +205,8 @@ class V1Model:
         signature: str | None = None,
     ) -> dict[str, np.ndarray]:
         """Run `signature` on `feeds` ({input key: array}) and return {output key: ndarray}."""
+        if self._closed:
+            raise BeamV1Error(f"{self!r} is closed; load the model again to predict.")
         sig = self.signature(signature)
         output_keys = self._output_keys(sig, outputs)
         tensor_values = self._check_feeds(sig, feeds)
@@ -221,6 +224,7 @@ class V1Model:
         return dict(zip(names, values))
 
     def close(self) -> None:
+        self._closed = True
         self._callables.clear()
         self.session.close()
 

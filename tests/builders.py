@@ -109,8 +109,11 @@ def build_mlp(path, n_in=4, hidden=8, n_out=3, seed=0):
 
         def var(name, value):
             return v1.get_variable(
-                name, initializer=v1.constant_initializer(value), shape=value.shape,
-                dtype=tf.float32, use_resource=True,
+                name,
+                initializer=v1.constant_initializer(value),
+                shape=value.shape,
+                dtype=tf.float32,
+                use_resource=True,
             )
 
         with v1.variable_scope("dense1"):
@@ -156,8 +159,11 @@ def build_string_lookup(path):
             # public tf.compat.v1 API (a HashTable filled from the text file's whole lines)
             table = v1.lookup.StaticHashTable(
                 v1.lookup.TextFileInitializer(
-                    vocab_path, tf.string, v1.lookup.TextFileIndex.WHOLE_LINE,
-                    tf.int64, v1.lookup.TextFileIndex.LINE_NUMBER,
+                    vocab_path,
+                    tf.string,
+                    v1.lookup.TextFileIndex.WHOLE_LINE,
+                    tf.int64,
+                    v1.lookup.TextFileIndex.LINE_NUMBER,
                 ),
                 default_value=-1,
             )
@@ -165,8 +171,11 @@ def build_string_lookup(path):
                 v1.add_to_collection(v1.GraphKeys.ASSET_FILEPATHS, vocab_path)
             ids = tf.identity(table.lookup(word), name="id")
             v = v1.get_variable(
-                "v", initializer=v1.constant_initializer(STRING_LOOKUP_V), shape=[],
-                dtype=tf.float32, use_resource=True,
+                "v",
+                initializer=v1.constant_initializer(STRING_LOOKUP_V),
+                shape=[],
+                dtype=tf.float32,
+                use_resource=True,
             )
             score = tf.add(tf.cast(ids, tf.float32) * 0.5, v, name="score")
             main_op = v1.saved_model.main_op.main_op()
@@ -175,7 +184,11 @@ def build_string_lookup(path):
                 sess.run(v1.global_variables_initializer())
                 sess.run(v1.tables_initializer())
                 return _save(
-                    path, graph, sess, signatures, main_op=main_op,
+                    path,
+                    graph,
+                    sess,
+                    signatures,
+                    main_op=main_op,
                     assets_collection=v1.get_collection(v1.GraphKeys.ASSET_FILEPATHS),
                 )
     finally:
@@ -251,8 +264,12 @@ def build_partitioned(path, parts=4):
     def make():
         x = v1.placeholder(tf.float32, [None, 8], name="x")
         w = v1.get_variable(
-            "w", shape=[8, 2], dtype=tf.float32, initializer=_slice_initializer(PARTITIONED_W),
-            partitioner=v1.fixed_size_partitioner(parts), use_resource=False,
+            "w",
+            shape=[8, 2],
+            dtype=tf.float32,
+            initializer=_slice_initializer(PARTITIONED_W),
+            partitioner=v1.fixed_size_partitioner(parts),
+            use_resource=False,
         )
         y = tf.matmul(x, w, name="y")
         return {"serving_default": _predict({"x": x}, {"y": y})}, None
@@ -265,8 +282,11 @@ def build_ref_and_resource(path):
         x = v1.placeholder(tf.float32, [None], name="x")
         ref = v1.Variable(REF_SCALE, dtype=tf.float32, name="ref_scale", use_resource=False)
         res = v1.get_variable(
-            "res_bias", initializer=v1.constant_initializer(RES_BIAS), shape=[],
-            dtype=tf.float32, use_resource=True,
+            "res_bias",
+            initializer=v1.constant_initializer(RES_BIAS),
+            shape=[],
+            dtype=tf.float32,
+            use_resource=True,
         )
         y = tf.add(x * ref, res, name="y")
         return {"serving_default": _predict({"x": x}, {"y": y})}, None

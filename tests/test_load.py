@@ -251,7 +251,11 @@ def test_inspect_mlp(built_models):
     assert sig.method_name == "tensorflow/serving/predict"
     (x,) = sig.inputs.values()
     assert (x.key, x.dtype, x.shape, x.tensor_name, x.encoding) == (
-        "x", "float32", (-1, 4), "x:0", "dense",
+        "x",
+        "float32",
+        (-1, 4),
+        "x:0",
+        "dense",
     )
     assert {k: (s.dtype, s.shape, s.tensor_name) for k, s in sig.outputs.items()} == {
         "scores": ("float32", (-1, 3), "scores:0"),
@@ -619,8 +623,10 @@ def test_unknown_option_raises_type_error(built_models):
 def test_predict_is_thread_safe(built_models):
     threads, calls = 8, 50
     inputs = [
-        [np.random.RandomState(t * 1000 + i).normal(size=(1 + (t + i) % 5, 4)).astype(np.float32)
-         for i in range(calls)]
+        [
+            np.random.RandomState(t * 1000 + i).normal(size=(1 + (t + i) % 5, 4)).astype(np.float32)
+            for i in range(calls)
+        ]
         for t in range(threads)
     ]
     with beam_v1.load(built_models["mlp"]) as model:
