@@ -68,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_score_flags(score)
     _add_load_flags(score)
 
+    dump = sub.add_parser(
+        "dump-variables",
+        help="write models' variables to Parquet or .npz, read from their checkpoints",
+        description="Unknown flags are passed to Beam's PipelineOptions.",
+    )
+    from beam_v1.dump_cli import add_dump_flags
+
+    add_dump_flags(dump)
+
     demo = sub.add_parser("demo", help="score a generated model's Parquet data on the DirectRunner")
     demo.add_argument("--rows", type=int, default=200_000, help="rows of generated data")
     demo.add_argument("--workdir", default=None, help="folder to use instead of a temp dir")
@@ -77,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "score":
+    if extra and args.command not in ("score", "dump-variables"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -92,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from beam_v1.score_cli import run_score
 
             return run_score(args, extra)
+        if args.command == "dump-variables":
+            from beam_v1.dump_cli import run_dump
+
+            return run_dump(args, extra)
         if args.command == "demo":
             from beam_v1.demo import run_demo
 
