@@ -1,7 +1,8 @@
 """Score Parquet files with a TF1 SavedModel on any Beam runner.
 
-    python -m pipelines.score_parquet --model MODEL --input 'data/*.parquet' --output out/scored \
-        [--signature KEY] [--map column=input_key] [--runner DataflowRunner --setup_file ./setup.py ...]
+    python -m pipelines.score_parquet --model MODEL --input 'data/*.parquet' \
+        --output out/scored [--signature KEY] [--map column=input_key] \
+        [--runner DataflowRunner --setup_file ./setup.py ...]
 
 The same flags as `beam-v1 score`; flags it does not know go to Beam's PipelineOptions.
 """
