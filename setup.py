@@ -1,4 +1,4 @@
-"""Thin setup.py so Beam users can pass --setup_file to Dataflow; metadata lives in pyproject.toml."""
+"""Thin setup.py for Beam's --setup_file (Dataflow workers); metadata is in pyproject.toml."""
 
 from setuptools import setup
 
