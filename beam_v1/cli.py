@@ -15,14 +15,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 EXIT_USER_ERROR = 2
 
 
-def _csv(value: str) -> list[str]:
+def csv_list(value: str) -> list[str]:
+    """An argparse type: 'a, b,c' -> ['a', 'b', 'c']."""
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _add_load_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tags",
-        type=_csv,
+        type=csv_list,
         default=None,
         help="tag set of the MetaGraph (default: the only one, else 'serve')",
     )

@@ -12,8 +12,9 @@ def add_dump_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="+", metavar="MODEL")
     parser.add_argument("--output", required=True, help="output prefix")
     parser.add_argument("--format", choices=["parquet", "npz"], default="parquet")
-    parser.add_argument("--parts", action="store_true",
-                        help="keep partitioned variables as their parts")
+    parser.add_argument(
+        "--parts", action="store_true", help="keep partitioned variables as their parts"
+    )
 
 
 def run_dump(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:

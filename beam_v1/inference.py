@@ -16,7 +16,7 @@ import tensorflow as tf
 from beam_v1 import columns
 from beam_v1.columns import ERROR_COLUMN, FeedPlan
 from beam_v1.errors import BeamV1Error
-from beam_v1.session import V1Model
+from beam_v1.session import V1Model, first_line
 
 
 @dataclasses.dataclass
@@ -106,7 +106,7 @@ class BatchScorer:
         try:
             return self.model.predict(feeds, outputs=self._outputs, signature=self._signature)
         except (tf.errors.OpError, BeamV1Error) as e:
-            raise _RunFailed(_first_line(e)) from e
+            raise _RunFailed(first_line(e)) from e
         finally:
             self._seconds += time.perf_counter() - started
             self._runs += 1
@@ -129,7 +129,7 @@ class BatchScorer:
         kept = batch.select(list(self.plan.keep_columns))
         if len(rows) != n:
             kept = kept.take(pa.array(rows))
-        arrays = [_column(kept, name) for name in self.plan.keep_columns] + list(outputs)
+        arrays = [kept.column(name) for name in self.plan.keep_columns] + list(outputs)
         table = pa.Table.from_arrays(arrays, names=self.output_schema.names)
         return table if table.schema == self.output_schema else table.cast(self.output_schema)
 
@@ -142,12 +142,3 @@ class BatchScorer:
             ERROR_COLUMN, pa.array([failures[r] for r in rows], type=pa.string())
         )
         return taken.cast(self.failed_schema) if taken.schema != self.failed_schema else taken
-
-
-def _column(table: pa.Table, name: str) -> pa.ChunkedArray:
-    return table.column(name)
-
-
-def _first_line(error: Exception) -> str:
-    text = (getattr(error, "message", None) or str(error)).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -198,7 +198,9 @@ def select_meta_graph(
                 _log.warning(
                     "The model has no MetaGraph tagged only %r; using its only tag set %s "
                     "(pass --tags %s to say so explicitly).",
-                    DEFAULT_TAG, _fmt_tags(available[0]), _fmt_tags(available[0]),
+                    DEFAULT_TAG,
+                    _fmt_tags(available[0]),
+                    _fmt_tags(available[0]),
                 )
             return saved_model.meta_graphs[0]
         tags = [DEFAULT_TAG]
@@ -320,7 +322,12 @@ def _placeholder_dtypes(mg: meta_graph_pb2.MetaGraphDef, sig: SignatureInfo) -> 
         if spec.encoding == "dense" and actual is not None and dtype_name(actual) != spec.dtype:
             _log.warning(
                 "Signature %r declares input %r as %s, but its tensor %s is %s; using %s.",
-                sig.key, key, spec.dtype, spec.tensor_name, dtype_name(actual), dtype_name(actual),
+                sig.key,
+                key,
+                spec.dtype,
+                spec.tensor_name,
+                dtype_name(actual),
+                dtype_name(actual),
             )
             inputs[key] = dataclasses.replace(spec, dtype=dtype_name(actual))
     return dataclasses.replace(sig, inputs=inputs)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from beam_v1.cli import csv_list
 from beam_v1.errors import BeamV1Error
 
 PROGRESS_SECONDS = 5.0
@@ -19,10 +20,6 @@ def _column_mapping(value: str) -> tuple[str, str]:
     if not sep or not column or not key:
         raise argparse.ArgumentTypeError(f"--map wants COLUMN=INPUT_KEY, got {value!r}")
     return column, key
-
-
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def add_score_flags(parser: argparse.ArgumentParser) -> None:
@@ -36,13 +33,13 @@ def add_score_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--outputs",
-        type=_csv,
+        type=csv_list,
         default=None,
         help="output keys to write (default: every batch-aligned output)",
     )
     parser.add_argument(
         "--keep-columns",
-        type=_csv,
+        type=csv_list,
         default=None,
         help="input columns to copy to the output (default: all not fed)",
     )

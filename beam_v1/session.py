@@ -126,7 +126,7 @@ class V1Model:
         except (tf.errors.OpError, ValueError) as e:
             raise ModelFileError(
                 f"Restoring variables from {prefix}.index and its data files failed: "
-                f"{_first_line(e)}"
+                f"{first_line(e)}"
             ) from e
 
     def _run_init_ops(self, meta_graph) -> None:
@@ -154,7 +154,7 @@ class V1Model:
             self.session.run(targets, feed_dict=feeds)
         except tf.errors.OpError as e:
             raise ModelFileError(
-                f"The model's init op ({', '.join(names)}) failed: {_first_line(e)}"
+                f"The model's init op ({', '.join(names)}) failed: {first_line(e)}"
             ) from e
 
     def _check_signature(self, key: str) -> SignatureInfo:
@@ -313,7 +313,8 @@ class V1Model:
 # ---------------------------------------------------------------------- helpers
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
+    """The first line of an error's message (TensorFlow appends node traces below it)."""
     text = getattr(error, "message", None) or str(error)
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
