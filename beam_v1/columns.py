@@ -518,7 +518,11 @@ def _group_feeds(arrays, plan: FeedPlan, rows: np.ndarray, n: int):
         if mask is not None and mask.any() and len(rows):
             row_mask = mask.reshape(len(rows), -1).any(axis=1)
             overflow = row_mask if overflow is None else overflow | row_mask
-        values = raw if raw.dtype == target or target.kind == "O" else raw.astype(target)
+        if raw.dtype == target or target.kind == "O":
+            values = raw
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):  # out-of-range rows are set aside
+                values = raw.astype(target)
         feeds[inp.key] = values.reshape(_feed_shape(inp, arr, len(rows)))
     return feeds, overflow
 

@@ -144,7 +144,7 @@ class RunV1InferenceDoFn(beam.DoFn):
 
     def _flush(self, batch: pa.Table):
         started = time.perf_counter()
-        result = self._scorer(batch.schema).score(batch)
+        result = self._scorer(batch).score(batch)
         latency_ms = (time.perf_counter() - started) * 1000
         self._rows_in.inc(batch.num_rows)
         self._rows_scored.inc(result.scored.num_rows)
@@ -160,23 +160,37 @@ class RunV1InferenceDoFn(beam.DoFn):
         if self._emit_latency:
             yield beam.pvalue.TaggedOutput(LATENCY, latency_ms)
 
-    def _scorer(self, schema: pa.Schema):
+    def _scorer(self, batch: pa.Table):
+        schema = batch.schema
         scorer = self._scorers.get(schema)
         if scorer is None:
-            from beam_v1 import columns
+            from beam_v1 import columns, preflight
             from beam_v1.inference import BatchScorer
 
             c = self._config
+            sig = self._model.signature(c.signature)
+            plan_kwargs = dict(
+                column_map=dict(c.column_map), outputs=c.outputs, keep_columns=c.keep_columns
+            )
+            shapes = dict(c.output_shapes)
+            unknown = [k for k in columns.unknown_rank_outputs(sig, c.outputs) if k not in shapes]
+            learnt = True
+            if unknown:  # outputs of unknown rank: learn it from this batch's first rows
+                found, _ = preflight.learn_output_shapes(
+                    self._model, sig, schema, batch, plan_kwargs, unknown
+                )
+                learnt = found is not None
+                shapes.update(found or {k: (-1,) for k in unknown})
             plan = columns.make_plan(
-                self._model.signature(c.signature),
+                sig,
                 schema,
                 required_inputs=self._model.required_inputs(c.signature),
-                column_map=dict(c.column_map),
-                outputs=c.outputs,
-                keep_columns=c.keep_columns,
-                output_shapes=dict(c.output_shapes),
+                output_shapes=shapes,
+                **plan_kwargs,
             )
-            scorer = self._scorers[schema] = BatchScorer(self._model, plan, schema)
+            scorer = BatchScorer(self._model, plan, schema)
+            if learnt:  # else no row could tell the shapes: try again with the next batch
+                self._scorers[schema] = scorer
         return scorer
 
     def _progress(self, rows: int) -> None:

@@ -42,6 +42,8 @@ class BatchScorer:
         self.failed_schema = columns.failed_schema(input_schema)
         self._signature = plan.signature.key
         self._outputs = list(plan.output_keys)
+        self._seconds = 0.0  # `_run` may be called before any `score` (output shape probes)
+        self._runs = 0
 
     def score(self, batch: pa.Table | pa.RecordBatch) -> BatchResult:
         if isinstance(batch, pa.RecordBatch):

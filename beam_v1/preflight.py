@@ -110,7 +110,6 @@ def check_scoring(
 
 def probe_output_shapes(local, tags, sig, first_file, schema, plan_kwargs, load_options, keys):
     """Outputs of unknown rank: run the model on the first rows to learn each one's shape."""
-    from beam_v1.inference import BatchScorer
     from beam_v1.session import load
 
     model = load(local, tags=tags, signature=sig.key, **load_options)
@@ -123,28 +122,52 @@ def probe_output_shapes(local, tags, sig, first_file, schema, plan_kwargs, load_
                 f"Outputs {keys} have unknown rank and {first_file} has no rows "
                 "to learn their shapes from."
             )
-        # plan with every output's rank taken as "one value per row" to get feeds
-        guess = {k: (-1,) for k in keys}
-        plan = columns.make_plan(
-            sig,
-            schema,
-            required_inputs=model.required_inputs(sig.key),
-            output_shapes=guess,
-            **plan_kwargs,
+        shapes, why = learn_output_shapes(
+            model, sig, schema, pa.Table.from_batches([sample]), plan_kwargs, keys
         )
-        feeds = columns.to_feeds(pa.Table.from_batches([sample]), plan)
-        if not feeds.groups:
+        if shapes is None:
             raise SchemaError(
                 f"Outputs {keys} have unknown rank and none of the first rows of {first_file} "
-                f"can be scored to learn their shapes: {feeds.bad_reasons[:3]}"
+                f"can be scored to learn their shapes: {why}"
             )
-        rows, group = feeds.groups[0]
-        scorer = BatchScorer(model, plan, schema)
-        fetched = scorer._run(group, len(rows))
-        # fetched arrays have a leading row dim; the rest is learnt, each dim left variable
-        batch_dim = () if plan.row_by_row else (-1,)
-        shapes = {k: batch_dim + (-1,) * (fetched[k].ndim - 1) for k in keys}
         _log.info("Learnt shapes of unknown-rank outputs from %s: %s", first_file, shapes)
         return shapes
     finally:
         model.close()
+
+
+def learn_output_shapes(model, sig, schema, sample: pa.Table, plan_kwargs, keys, probe_rows=8):
+    """Run the model on a few feedable rows of `sample` to learn the rank of outputs `keys`.
+
+    Returns (shapes, None), or (None, why) when no tried row could be fed and scored.
+    Used before a run (first rows of the first file) and by workers (first batch of a schema).
+    """
+    from beam_v1.inference import BatchScorer, _RunFailed
+
+    # plan with every output's rank taken as "one value per row" to get feeds
+    guess = {k: (-1,) for k in keys}
+    plan = columns.make_plan(
+        sig,
+        schema,
+        required_inputs=model.required_inputs(sig.key),
+        output_shapes=guess,
+        **plan_kwargs,
+    )
+    feeds = columns.to_feeds(sample, plan)
+    if not feeds.groups:
+        return None, str(feeds.bad_reasons[:3])
+    scorer = BatchScorer(model, plan, schema)
+    why = ""
+    for rows, group in feeds.groups:
+        n = min(probe_rows, len(rows))
+        tries = [(0, n)] + ([(i, i + 1) for i in range(n)] if n > 1 else [])
+        for start, stop in tries:
+            try:
+                fetched = scorer._run({k: v[start:stop] for k, v in group.items()}, stop - start)
+            except _RunFailed as e:
+                why = f"the model failed on them: {e}"
+                continue
+            # fetched arrays have a leading row dim; the rest is learnt, each dim left variable
+            batch_dim = () if plan.row_by_row else (-1,)
+            return {k: batch_dim + (-1,) * (fetched[k].ndim - 1) for k in keys}, None
+    return None, why

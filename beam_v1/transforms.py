@@ -72,6 +72,9 @@ class RunV1Inference(beam.PTransform):
         if schema is not None:
             from beam_v1 import columns
 
+            shapes = dict(output_shapes or {})
+            for key in columns.unknown_rank_outputs(sig, self.config.outputs):
+                shapes.setdefault(key, (-1,))  # workers learn the rank from their first batch
             columns.make_plan(
                 sig,
                 schema,
@@ -79,7 +82,7 @@ class RunV1Inference(beam.PTransform):
                 column_map=column_map,
                 outputs=self.config.outputs,
                 keep_columns=self.config.keep_columns,
-                output_shapes=output_shapes,
+                output_shapes=shapes,
             )
         self._progress_seconds = progress_seconds
         self._emit_latency = emit_latency
@@ -169,18 +172,30 @@ class ScoreParquet(beam.PTransform):
                 **self.load_options,
             )
         )
-        written = scored[SCORED] | "WriteScored" >> WriteToParquetBatched(
-            self.output_prefix,
-            schema=checked.output_schema,
-            codec=self.codec,
-            file_name_suffix=".parquet",
-            num_shards=self.num_shards,
+        # every file's tables must match the one schema each sink writes (the first file's):
+        # a later file may order its columns differently or use a narrower type
+        written = (
+            scored[SCORED]
+            | "ConformScored" >> beam.Map(conform, checked.output_schema, "scored")
+            | "WriteScored"
+            >> WriteToParquetBatched(
+                self.output_prefix,
+                schema=checked.output_schema,
+                codec=self.codec,
+                file_name_suffix=".parquet",
+                num_shards=self.num_shards,
+            )
         )
-        failed = scored[FAILED] | "WriteFailed" >> WriteToParquetBatched(
-            self.dead_letter_prefix,
-            schema=checked.failed_schema,
-            codec=self.codec,
-            file_name_suffix=".parquet",
+        failed = (
+            scored[FAILED]
+            | "ConformFailed" >> beam.Map(conform, checked.failed_schema, "dead-letter")
+            | "WriteFailed"
+            >> WriteToParquetBatched(
+                self.dead_letter_prefix,
+                schema=checked.failed_schema,
+                codec=self.codec,
+                file_name_suffix=".parquet",
+            )
         )
         _ = (
             scored[LATENCY]
@@ -188,6 +203,31 @@ class ScoreParquet(beam.PTransform):
             | "WriteLatency" >> beam.Map(_write_json, self.latency_path)
         )
         return {"scored": written, "failed": failed}
+
+
+def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
+    """`table` with the columns of `schema`, in its order and types (safe casts only)."""
+    if table.schema.equals(schema):
+        return table
+    from beam_v1.errors import SchemaError
+    from beam_v1.session import first_line
+
+    if sorted(table.column_names) != sorted(schema.names):
+        raise SchemaError(
+            f"An input file's {what} rows have columns {table.column_names} where the first "
+            f"input file's have {schema.names}: every input file needs the same columns."
+        )
+    try:
+        return table.select(schema.names).cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+
+        def describe(s: pa.Schema) -> str:
+            return ", ".join(f"{f.name} ({f.type})" for f in s)
+
+        raise SchemaError(
+            f"An input file's {what} rows ({describe(table.schema)}) do not cast safely to the "
+            f"first input file's ({describe(schema)}): {first_line(e)}"
+        ) from e
 
 
 def _write_json(quantiles: list[float], path: str) -> None:
