@@ -1,8 +1,9 @@
 """beam-v1: run TensorFlow 1.x SavedModels at scale in Apache Beam, over Parquet.
 
 Public API (imported lazily, so `import beam_v1` does not pull in TensorFlow or Beam):
-`inspect`, `load`, `V1Model`, `ModelInfo`, `RunV1Inference`, `ScoreParquet`, and the
-error types in `beam_v1.errors`.
+`inspect`, `load`, `V1Model`, `ModelInfo`, `RunV1Inference`, `ScoreParquet`,
+`DumpVariables`, `WriteVariables`, `read_variables`, `read_checkpoint`, `list_variables`,
+and the error types in `beam_v1.errors`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ _EXPORTS = {
     "V1Model": "beam_v1.session",
     "RunV1Inference": "beam_v1.transforms",
     "ScoreParquet": "beam_v1.transforms",
+    "DumpVariables": "beam_v1.dump",
+    "WriteVariables": "beam_v1.dump",
+    "read_variables": "beam_v1.variables",
+    "read_checkpoint": "beam_v1.variables",
+    "list_variables": "beam_v1.variables",
     "BeamV1Error": "beam_v1.errors",
     "FeedError": "beam_v1.errors",
     "MissingOpsError": "beam_v1.errors",

@@ -1,11 +1,17 @@
-"""`beam-v1 dump-variables` (being built: see the DumpVariables issue)."""
+"""`beam-v1 dump-variables MODEL [MODEL ...] --output PREFIX [--format parquet|npz] [--parts]`."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
 from collections.abc import Sequence
 
+from beam_v1.cli import csv_list
 from beam_v1.errors import BeamV1Error
+
+EXIT_MODEL_FAILED = 1
 
 
 def add_dump_flags(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +21,77 @@ def add_dump_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--parts", action="store_true", help="keep partitioned variables as their parts"
     )
+    parser.add_argument(
+        "--tags",
+        type=csv_list,
+        default=None,
+        help="tag set of the MetaGraph (default: the only one, else 'serve')",
+    )
+    parser.add_argument(
+        "--slice-mb",
+        type=float,
+        default=64.0,
+        help="variables bigger than this travel as slices (default 64 MiB)",
+    )
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    from apache_beam.io.filesystems import FileSystems
+
+    if not FileSystems.exists(path):
+        return []
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        text = f.read().decode("utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def run_dump(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
-    raise BeamV1Error("dump-variables is not built yet.")
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_v1.dump import DumpVariables, WriteVariables, local_dir_for
+
+    if args.slice_mb <= 0:
+        raise BeamV1Error(f"--slice-mb must be positive, got {args.slice_mb}.")
+    options = PipelineOptions(list(pipeline_args))
+    models = [m.rstrip("/") if len(m) > 1 else m for m in args.models]
+    local_dir_for(args.output)
+    started = time.perf_counter()
+    pipeline = beam.Pipeline(options=options)
+    dumped = (
+        pipeline
+        | "Models" >> beam.Create(models)
+        | "Dump"
+        >> DumpVariables(args.tags, parts=args.parts, slice_bytes=int(args.slice_mb * (1 << 20)))
+    )
+    _ = dumped.variables | "Write" >> WriteVariables(args.output, args.format, dumped.failed)
+    pipeline.run().wait_until_finish()
+    seconds = time.perf_counter() - started
+
+    written = _read_jsonl(args.output + "-manifest.jsonl")
+    failed = _read_jsonl(args.output + "-failed.jsonl")
+    done = {w["model"] for w in written}
+    failed_models = {f["model"] for f in failed}
+    empty = [m for m in models if m not in done and m not in failed_models]
+    n_vars = sum(w["variables"] for w in written)
+    n_bytes = sum(w["bytes"] for w in written)
+    lines = [
+        f"beam-v1 dump-variables: {len(models)} models: {len(written)} dumped, "
+        f"{len(empty)} without variables, {len(failed)} failed; {n_vars} variables, "
+        f"{n_bytes / 1e6:,.1f} MB in {seconds:,.1f} s ({args.format})",
+    ]
+    lines += [f"  {w['model']} -> {w['file']} ({w['variables']} variables)" for w in written]
+    lines += [f"  {m}: no variables (no checkpoint), nothing written" for m in empty]
+    if written:
+        lines.append(f"  manifest: {args.output}-manifest.jsonl")
+    for f in failed:
+        lines.append(f"  FAILED {f['model']}: {f['error']}")
+    print("\n".join(lines))
+    if failed:
+        print(
+            f"beam-v1: error: {len(failed)} of {len(models)} models could not be dumped "
+            f"(listed in {args.output}-failed.jsonl).",
+            file=sys.stderr,
+        )
+        return EXIT_MODEL_FAILED
+    return 0

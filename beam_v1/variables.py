@@ -14,8 +14,8 @@ Big variables (more bytes than `slice_bytes`) are read as row ranges along their
   shard, at the offset the index gives, so memory holds one range, never the whole tensor.
   TensorFlow's CRC32C covers the whole tensor, so these range reads are NOT checksum-verified
   (no crc32c implementation in the dependencies); everything else is.
-- stored as slices (partitioned), or when the index cannot be parsed here (compressed
-  blocks): `RestoreV2` with a `shape_and_slices` spec. TensorFlow's BundleReader then reads
+- stored as slices (partitioned), or when the index cannot be parsed here (an unknown block
+  compression): `RestoreV2` with a `shape_and_slices` spec. TensorFlow's BundleReader then reads
   each intersecting stored slice whole into a temporary, then copies the range out.
 """
 
@@ -39,7 +39,7 @@ from beam_v1.errors import ModelFileError
 _log = logging.getLogger(__name__)
 
 DEFAULT_SLICE_BYTES = 64 << 20
-SMALL_VALUES_BYTES = 1 << 20  # float variables up to this size also get a `values` list column
+SMALL_VALUES_BYTES = 64 << 10  # float variables up to this size also get a `values` list column
 _TABLE_MAGIC = bytes.fromhex("57fb808b247547db")
 _FLOAT_DTYPES = ("float16", "float32", "float64")
 
@@ -105,10 +105,54 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+def _snappy_decompress(data: bytes) -> bytes:
+    """Raw Snappy (the only compression TensorFlow's table writer uses for index blocks)."""
+    length, pos = _varint(data, 0)
+    out = bytearray()
+    while pos < len(data):
+        tag = data[pos]
+        pos += 1
+        kind = tag & 3
+        if kind == 0:  # literal
+            n = tag >> 2
+            if n >= 60:
+                extra = n - 59
+                n = int.from_bytes(data[pos : pos + extra], "little")
+                pos += extra
+            n += 1
+            out += data[pos : pos + n]
+            pos += n
+            continue
+        if kind == 1:
+            n = ((tag >> 2) & 7) + 4
+            back = ((tag >> 5) << 8) | data[pos]
+            pos += 1
+        elif kind == 2:
+            n = (tag >> 2) + 1
+            back = int.from_bytes(data[pos : pos + 2], "little")
+            pos += 2
+        else:
+            n = (tag >> 2) + 1
+            back = int.from_bytes(data[pos : pos + 4], "little")
+            pos += 4
+        if back == 0 or back > len(out):
+            raise ValueError("bad snappy copy offset")
+        start = len(out) - back
+        for i in range(n):  # copies may overlap their own output
+            out.append(out[start + i])
+    if len(out) != length:
+        raise ValueError(f"snappy block holds {len(out)} bytes, header says {length}")
+    return bytes(out)
+
+
 def _block_entries(data: bytes, offset: int, size: int) -> Iterator[tuple[bytes, bytes]]:
-    if data[offset + size] != 0:  # block trailer: compression type
-        raise _Compressed()
+    compression = data[offset + size]  # block trailer: compression type
     block = data[offset : offset + size]
+    if compression == 1:
+        block = _snappy_decompress(block)
+        size = len(block)
+    elif compression != 0:
+        raise _Compressed()
     restarts = struct.unpack_from("<I", block, size - 4)[0]
     limit = size - 4 - 4 * restarts
     pos, key = 0, b""
@@ -124,7 +168,8 @@ def _block_entries(data: bytes, offset: int, size: int) -> Iterator[tuple[bytes,
 
 def read_index(prefix: str):
     """(BundleHeaderProto, {key: BundleEntryProto}) from `prefix.index` (a LevelDB table), or
-    None when its blocks are compressed (then only TensorFlow's reader is used)."""
+    None when a block uses a compression other than Snappy (then only TensorFlow's reader is
+    used)."""
     from tensorflow.core.protobuf import tensor_bundle_pb2
 
     path = prefix + ".index"
@@ -152,7 +197,7 @@ def read_index(prefix: str):
                     entries[key] = entry
     except _Compressed:
         return None
-    except (IndexError, struct.error, Exception) as e:
+    except Exception as e:  # IndexError, struct.error, DecodeError, ValueError
         raise ModelFileError(f"The checkpoint index {path} is corrupt: {e}") from e
     return header, entries
 
@@ -382,7 +427,7 @@ class CheckpointReader:
                 return out
             base = spec.offset or (0,) * len(spec.shape)
             offset = (base[0] + start, *base[1:])
-            return _as_array(self._restore(spec, offset, shape), spec)
+            return _as_array(self._restore(spec, offset, shape), spec, shape)
         except ModelFileError:
             raise
         except Exception as e:
@@ -410,11 +455,12 @@ def slice_plan(spec: VariableSpec, slice_bytes: int) -> tuple[int, int]:
     return math.ceil(spec.shape[0] / rows_per), rows_per
 
 
-def _as_array(value, spec: VariableSpec) -> np.ndarray:
+def _as_array(value, spec: VariableSpec, shape: tuple[int, ...] | None = None) -> np.ndarray:
     value = np.asarray(value)
+    shape = spec.shape if shape is None else shape
     if spec.dtype == "string":
-        return value.astype(object).reshape(spec.shape)
-    return value.reshape(spec.shape) if value.shape != spec.shape else value
+        return value.astype(object).reshape(shape)
+    return value.reshape(shape) if value.shape != shape else value
 
 
 def read_checkpoint(

@@ -1,0 +1,358 @@
+"""DumpVariables, the checkpoint reader and read_variables, on real models (no mocks).
+
+Expected values come from TensorFlow itself: `tf.train.load_checkpoint(prefix).get_tensor`
+and, for the models TensorFlow 2.21 can load, `sess.run(global_variables())` after
+`tf.compat.v1.saved_model.loader.load`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import apache_beam as beam
+import builders
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from beam_v1 import cli, savedmodel
+from beam_v1.dump import DumpVariables, WriteVariables, output_path
+from beam_v1.errors import ModelFileError
+from beam_v1.variables import CheckpointReader, list_variables, read_checkpoint, read_variables
+
+v1 = tf.compat.v1
+
+
+def _realmodels_dir() -> Path:
+    env = os.environ.get("BEAM_V1_REALMODELS")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "realmodels"
+
+
+REALMODELS = _realmodels_dir()
+CORPUS = (
+    sorted(
+        str(p)
+        for p in REALMODELS.iterdir()
+        if p.is_dir()
+        and not p.name.startswith("_")
+        and os.path.isdir(os.path.join(savedmodel.resolve_model_dir(str(p)), "variables"))
+    )
+    if REALMODELS.is_dir()
+    else []
+)
+needs_corpus = pytest.mark.skipif(
+    not CORPUS, reason=f"real-model corpus not found at {REALMODELS} (set BEAM_V1_REALMODELS)"
+)
+# TensorFlow 2.21's own TF1 loader fails on these (missing ops / kernels)
+UNLOADABLE = ("stfs__custom_op_zeroout", "tfx__")
+BIG = np.arange(300 * 7, dtype=np.float32).reshape(300, 7) * np.float32(1.0001) - 17.5
+BIG_INT = (np.arange(60 * 3, dtype=np.int64).reshape(60, 3) - 90) * 1_000_000_007
+
+
+def _ckpt_values(model: str) -> dict[str, np.ndarray]:
+    prefix = savedmodel.checkpoint_prefix(savedmodel.resolve_model_dir(model))
+    reader = tf.train.load_checkpoint(prefix)
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if not name.startswith("_CHECKPOINTABLE")
+    }
+
+
+def _assert_bit_exact(got: dict, want: dict) -> None:
+    assert sorted(got) == sorted(want)
+    for name, value in want.items():
+        assert got[name].dtype == value.dtype, name
+        assert got[name].shape == value.shape, name
+        assert got[name].tobytes() == np.ascontiguousarray(value).tobytes(), name
+
+
+def _dump(models, prefix, fmt, **kwargs) -> list:
+    """Run DumpVariables + WriteVariables in process; return the failed dicts."""
+    failed_out = []
+    with beam.Pipeline() as p:
+        dumped = p | beam.Create(models) | DumpVariables(**kwargs)
+        _ = dumped.variables | WriteVariables(prefix, fmt, failed=dumped.failed)
+    failed_file = prefix + "-failed.jsonl"
+    if os.path.exists(failed_file):
+        failed_out = [json.loads(x) for x in Path(failed_file).read_text().splitlines() if x]
+    return failed_out
+
+
+def _records(model, **kwargs):
+    """DumpVariables' records for one model, collected in memory (tiny models only)."""
+    import tempfile
+
+    out = tempfile.mktemp(suffix=".jsonl")
+    with beam.Pipeline() as p:
+        dumped = p | beam.Create([model]) | DumpVariables(**kwargs)
+        _ = (
+            dumped.variables
+            | beam.Map(lambda r: json.dumps([r.name, r.slice_index, r.num_slices, r.trainable]))
+            | beam.io.WriteToText(out, shard_name_template="")
+        )
+    rows = [json.loads(x) for x in Path(out).read_text().splitlines() if x]
+    os.remove(out)
+    return rows
+
+
+def build_big(path):
+    """A model whose `big` variable (8,400 bytes) and `ints` (1,440 bytes) exceed 1 KiB."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 7], name="x")
+        big = v1.Variable(BIG, name="big", use_resource=True)
+        ints = v1.Variable(BIG_INT, name="ints", use_resource=False, trainable=False)
+        scale = v1.Variable(np.float64(0.1), name="scale", use_resource=False)
+        y = tf.identity(tf.reduce_sum(x @ tf.transpose(big)) * tf.cast(scale, tf.float32), "y")
+        _ = ints
+        with v1.Session(graph=graph) as sess:
+            sess.run(v1.global_variables_initializer())
+            builder = v1.saved_model.Builder(path)
+            sig = v1.saved_model.predict_signature_def({"x": x}, {"y": y})
+            builder.add_meta_graph_and_variables(sess, ["serve"], {"serving_default": sig})
+            builder.save()
+    return path
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory, built_models):
+    root = tmp_path_factory.mktemp("dumpmodels")
+    return {
+        "partitioned": built_models["partitioned"],
+        "mlp": built_models["mlp"],
+        "fixed_batch": built_models["fixed_batch"],  # no variables
+        "big": build_big(str(root / "big")),
+    }
+
+
+# --------------------------------------------------------------------- corpus
+
+
+@pytest.fixture(scope="module")
+def corpus_dump(tmp_path_factory):
+    if not CORPUS:
+        pytest.skip("no corpus")
+    out = tmp_path_factory.mktemp("corpus_dump")
+    failed = {
+        fmt: _dump(CORPUS, str(out / fmt / "dump"), fmt, slice_bytes=4096)
+        for fmt in ("parquet", "npz")
+    }
+    return out, failed
+
+
+@needs_corpus
+@pytest.mark.parametrize("fmt", ["parquet", "npz"])
+def test_corpus_dump_equals_load_checkpoint(corpus_dump, fmt):
+    out, failed = corpus_dump
+    assert failed[fmt] == []
+    manifest = [json.loads(x) for x in (out / fmt / "dump-manifest.jsonl").read_text().splitlines()]
+    assert sorted(m["model"] for m in manifest) == CORPUS
+    for model in CORPUS:
+        got = read_variables(output_path(str(out / fmt / "dump"), model, fmt))
+        _assert_bit_exact(got, _ckpt_values(model))
+        assert got, model
+    # the prefix form picks a model by name; the taxi exports (unloadable by TF 2.21) are there
+    taxi = [m for m in CORPUS if "chicago_taxi" in m]
+    assert len(taxi) == 3
+    for model in taxi:
+        got = read_variables(str(out / fmt / "dump"), model=model)
+        assert len(got) > 10 and any(v.size > 1000 for v in got.values())
+
+
+def _reinitialized(mg) -> set[str]:
+    """Variables whose initializer the model's own init op runs again at load time (e.g.
+    half_plus_two_mkl's main_op re-draws its conv kernels): a session sees new values."""
+    nodes = {n.name: n for n in mg.graph_def.node}
+    seen: set[str] = set()
+    todo = [x for names in savedmodel.init_ops(mg).values() for x in names]
+    while todo:
+        name = todo.pop().split(":")[0].lstrip("^")
+        if name in nodes and name not in seen:
+            seen.add(name)
+            todo.extend(nodes[name].input)
+    return {n[: -len("/Assign")] for n in seen if n.endswith("/Assign")}
+
+
+@needs_corpus
+def test_corpus_dump_equals_session_run(corpus_dump):
+    out, _ = corpus_dump
+    checked, skipped = 0, set()
+    for model in CORPUS:
+        if any(u in model for u in UNLOADABLE):
+            continue
+        model_dir = savedmodel.resolve_model_dir(model)
+        got = read_variables(output_path(str(out / "parquet" / "dump"), model, "parquet"))
+        mg = savedmodel.select_meta_graph(savedmodel.read_saved_model(model_dir))
+        graph = tf.Graph()
+        with v1.Session(graph=graph) as sess:
+            v1.saved_model.loader.load(sess, list(mg.meta_info_def.tags), model_dir)
+            gvars = v1.global_variables()
+            values = sess.run(gvars)
+        assert gvars, model
+        redrawn = _reinitialized(mg)
+        for var, value in zip(gvars, values):
+            if var.op.name in redrawn:
+                skipped.add(Path(model).name)
+                continue
+            info = getattr(var, "_save_slice_info", None)
+            if info is not None:  # a part: compare with its slice of the whole variable
+                region = tuple(slice(o, o + s) for o, s in zip(info.var_offset, info.var_shape))
+                expected = got[info.full_name][region]
+            else:
+                expected = got[var.op.name]
+            assert expected.dtype == value.dtype and expected.shape == value.shape, var.name
+            assert expected.tobytes() == value.tobytes(), (model, var.name)
+            checked += 1
+    assert checked > 100 and "serving__saved_model_half_plus_two_mkl" in skipped
+
+
+@needs_corpus
+def test_corpus_partitioned_parts_and_metadata():
+    model = str(REALMODELS / "stfs__tensorflow_estimator_model")
+    whole = {s.name: s for s in list_variables(model)}
+    parts = {s.name: s for s in list_variables(model, parts=True)}
+    assert "linear/a/weights" in whole and "linear/a/weights/part_0" in parts
+    assert parts["linear/a/weights/part_0"].kind == "ref"
+    assert parts["linear/a/weights/part_0"].trainable is True
+    assert parts["global_step"].trainable is False
+    values = read_checkpoint(model, parts=True)
+    ckpt = _ckpt_values(model)
+    np.testing.assert_array_equal(values["linear/a/weights/part_0"], ckpt["linear/a/weights"])
+    # consistent with `beam-v1 inspect`
+    assert [v.name for v in savedmodel.inspect(model).variables] == sorted(whole)
+
+
+# --------------------------------------------------------------------- fixtures
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "npz"])
+def test_partitioned_and_sliced_round_trip(fixtures, tmp_path, fmt):
+    prefix = str(tmp_path / "dump")
+    models = [fixtures["partitioned"], fixtures["big"]]
+    assert _dump(models, prefix, fmt, slice_bytes=1024) == []
+    part = read_variables(prefix, model=fixtures["partitioned"])
+    np.testing.assert_array_equal(part["w"], builders.PARTITIONED_W)
+    _assert_bit_exact(part, _ckpt_values(fixtures["partitioned"]))
+    big = read_variables(prefix, model=fixtures["big"])
+    _assert_bit_exact(big, {"big": BIG, "ints": BIG_INT, "scale": np.float64(0.1)})
+
+    prefix = str(tmp_path / "parts")
+    assert _dump([fixtures["partitioned"]], prefix, fmt, parts=True, slice_bytes=8) == []
+    parts = read_variables(prefix)
+    assert sorted(parts) == [f"w/part_{i}" for i in range(4)]
+    for i in range(4):
+        _assert_bit_exact(
+            {"p": parts[f"w/part_{i}"]}, {"p": builders.PARTITIONED_W[2 * i : 2 * i + 2]}
+        )
+
+
+def test_big_variable_travels_as_slices(fixtures):
+    rows = _records(fixtures["big"], slice_bytes=1024)
+    big = sorted(r for r in rows if r[0] == "big")
+    assert [r[1] for r in big] == list(range(len(big))) and len(big) == 9  # 8400 B / 1 KiB
+    assert {r[2] for r in big} == {9}
+    assert [r for r in rows if r[0] == "scale"] == [["scale", 0, 1, True]]
+    assert [r for r in rows if r[0] == "ints"][0][3] is False  # trainable=False
+    # read by slice: rows straight from the data shard, and via RestoreV2 for a partition
+    reader = CheckpointReader(fixtures["big"])
+    spec = {s.name: s for s in list_variables(fixtures["big"])}
+    np.testing.assert_array_equal(reader.read_rows(spec["big"], 31, 77), BIG[31:77])
+    reader = CheckpointReader(fixtures["partitioned"])
+    spec = list_variables(fixtures["partitioned"])[0]
+    np.testing.assert_array_equal(reader.read_rows(spec, 1, 6), builders.PARTITIONED_W[1:6])
+
+
+def test_parquet_columns(fixtures, tmp_path):
+    import pyarrow.parquet as pq
+
+    prefix = str(tmp_path / "dump")
+    assert _dump([fixtures["big"]], prefix, "parquet", slice_bytes=1024) == []
+    table = pq.read_table(output_path(prefix, fixtures["big"], "parquet")).to_pylist()
+    scale = [r for r in table if r["name"] == "scale"][0]
+    assert scale["dtype"] == "float64" and scale["shape"] == [] and scale["values"] == [0.1]
+    assert scale["kind"] == "ref" and scale["trainable"] is True
+    big = [r for r in table if r["name"] == "big"]
+    assert len(big) == 9 and all(r["values"] is None and r["kind"] == "resource" for r in big)
+    assert sum(r["nbytes"] for r in big) == BIG.nbytes
+    assert [r for r in table if r["name"] == "ints"][0]["values"] is None  # not float
+
+
+def test_model_without_variables_yields_nothing(fixtures, caplog):
+    assert list_variables(fixtures["fixed_batch"]) == []
+    assert read_checkpoint(fixtures["fixed_batch"]) == {}
+    assert _records(fixtures["fixed_batch"]) == []
+
+
+# ---------------------------------------------------------------- broken shards
+
+
+def _copy(model: str, dest: Path) -> tuple[str, str]:
+    shutil.copytree(model, dest)
+    shards = sorted((dest / "variables").glob("variables.data-*"))
+    assert len(shards) == 1
+    return str(dest), str(shards[0])
+
+
+def test_missing_shard_names_the_file(fixtures, tmp_path):
+    model, shard = _copy(fixtures["mlp"], tmp_path / "m")
+    os.remove(shard)
+    with pytest.raises(ModelFileError, match=shard.replace(".", r"\.")):
+        read_checkpoint(model)
+
+
+def test_truncated_shard_names_the_file(fixtures, tmp_path):
+    model, shard = _copy(fixtures["mlp"], tmp_path / "m")
+    os.truncate(shard, os.path.getsize(shard) - 8)
+    with pytest.raises(ModelFileError, match="truncated") as e:
+        read_checkpoint(model)
+    assert shard in str(e.value)
+
+
+def test_corrupt_shard_names_the_file(fixtures, tmp_path):
+    model, shard = _copy(fixtures["mlp"], tmp_path / "m")
+    data = bytearray(Path(shard).read_bytes())
+    data[-4:] = bytes(b ^ 0xFF for b in data[-4:])  # the last variable's bytes
+    Path(shard).write_bytes(bytes(data))
+    with pytest.raises(ModelFileError) as e:
+        read_checkpoint(model)
+    assert shard in str(e.value)
+
+
+# ------------------------------------------------------------------------ fleet
+
+
+@pytest.mark.slow
+def test_fleet_multi_processing_cli(fixtures, tmp_path, capsys):
+    bad, shard = _copy(fixtures["mlp"], tmp_path / "corrupt")
+    data = bytearray(Path(shard).read_bytes())
+    data[-4:] = bytes(b ^ 0xFF for b in data[-4:])  # found part way through the model
+    Path(shard).write_bytes(bytes(data))
+    good = [fixtures["mlp"], fixtures["partitioned"], fixtures["big"]]
+    prefix = str(tmp_path / "out" / "fleet")
+    argv = [
+        "dump-variables",
+        *good,
+        bad,
+        fixtures["fixed_batch"],
+        "--output",
+        prefix,
+        "--format",
+        "npz",
+        "--slice-mb",
+        "0.001",
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers=2",
+    ]
+    assert cli.main(argv) == 1
+    text = capsys.readouterr()
+    assert "5 models: 3 dumped, 1 without variables, 1 failed" in text.out
+    for model in good:
+        _assert_bit_exact(read_variables(prefix, model=model), _ckpt_values(model))
+    assert not os.path.exists(output_path(prefix, bad, "npz"))  # no partial file
+    failed = [json.loads(x) for x in Path(prefix + "-failed.jsonl").read_text().splitlines()]
+    assert [f["model"] for f in failed] == [bad] and shard in failed[0]["error"]
+    assert not [p for p in os.listdir(tmp_path / "out") if "-tmp-" in p]  # temp files gone
