@@ -37,3 +37,11 @@ class FeedError(BeamV1Error, ValueError):
 
 class SchemaError(BeamV1Error, ValueError):
     """The input data cannot feed the signature (missing column, unconvertible type, name clash)."""
+
+
+class UnsafeModelError(BeamV1Error):
+    """The graph uses ops that touch files, processes or Python, or assets outside the model."""
+
+    def __init__(self, message: str, findings: list | None = None):
+        super().__init__(message)
+        self.findings = findings or []  # beam_v1.audit.Finding
