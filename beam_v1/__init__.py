@@ -2,8 +2,9 @@
 
 Public API (imported lazily, so `import beam_v1` does not pull in TensorFlow or Beam):
 `inspect`, `load`, `V1Model`, `ModelInfo`, `RunV1Inference`, `ScoreParquet`,
-`DumpVariables`, `WriteVariables`, `read_variables`, `read_checkpoint`, `list_variables`,
-and the error types in `beam_v1.errors`.
+`ScoreTFRecord`, `V1ModelHandler`, `DumpVariables`, `WriteVariables`, `read_variables`,
+`read_checkpoint`, `list_variables`, `assign_variables`, and the error types in
+`beam_v1.errors`. The Keras 3 layer is `beam_v1.keras.V1Layer`.
 """
 
 from __future__ import annotations
@@ -20,12 +21,19 @@ _EXPORTS = {
     "V1Model": "beam_v1.session",
     "RunV1Inference": "beam_v1.transforms",
     "ScoreParquet": "beam_v1.transforms",
+    "V1ModelHandler": "beam_v1.handler",
+    "assign_variables": "beam_v1.weights",
+    "AssignReport": "beam_v1.weights",
+    "AssignError": "beam_v1.weights",
+    "ShapeMismatchError": "beam_v1.weights",
+    "ScoreTFRecord": "beam_v1.tfrecord",
     "DumpVariables": "beam_v1.dump",
     "WriteVariables": "beam_v1.dump",
     "read_variables": "beam_v1.variables",
     "read_checkpoint": "beam_v1.variables",
     "list_variables": "beam_v1.variables",
     "BeamV1Error": "beam_v1.errors",
+    "UnsafeModelError": "beam_v1.errors",
     "FeedError": "beam_v1.errors",
     "MissingOpsError": "beam_v1.errors",
     "ModelFileError": "beam_v1.errors",

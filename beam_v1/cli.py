@@ -43,6 +43,19 @@ def _add_load_flags(parser: argparse.ArgumentParser) -> None:
         metavar="MODULE",
         help="import a module that registers ops (e.g. tensorflow_text) first",
     )
+    parser.add_argument(
+        "--allow-unsafe-ops",
+        action="store_true",
+        help="run models whose graph reads/writes files, runs Python or has assets outside "
+        "the model (refused by default; see `inspect`)",
+    )
+    parser.add_argument(
+        "--no-rewrites",
+        dest="rewrites",
+        action="store_false",
+        help="do not replace ops this TensorFlow lost (BoostedTreesBucketize, "
+        "BucketizeWithInputBoundaries) with equivalent subgraphs; such models then fail",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from beam_v1.errors import BeamV1Error
 
+    _stop_on_sigterm()
     try:
         if args.command == "inspect":
             return _inspect(args)
@@ -113,11 +127,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BeamV1Error as e:
         print(f"beam-v1: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("beam-v1: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        how = "SIGTERM" if e.args == ("SIGTERM",) else "Ctrl-C"
+        print(
+            f"beam-v1: stopped by {how}; no summary was written (re-run the same command "
+            "to redo the run)",
+            file=sys.stderr,
+        )
+        return 143 if how == "SIGTERM" else 130
     parser.error(f"unknown command {args.command}")
     return EXIT_USER_ERROR
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops like Ctrl-C (a KeyboardInterrupt), so it ends with a one-line message."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -128,6 +162,7 @@ def _inspect(args: argparse.Namespace) -> int:
         tags=args.tags,
         op_libraries=args.op_libraries,
         import_modules=args.import_modules,
+        rewrites=args.rewrites,
     )
     if args.json:
         print(json.dumps(info.to_dict(), indent=2))

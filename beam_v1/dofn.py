@@ -40,6 +40,7 @@ class ScoringConfig:
     batch_size: int = 65536
     load_options: tuple[tuple[str, Any], ...] = ()
     output_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    max_batch_bytes: int | None = None  # bound on a batch's Arrow bytes (a bigger row: alone)
 
     def cache_key(self) -> str:
         return repr((self.model, self.tags, self.signature, self.load_options))
@@ -122,12 +123,18 @@ class RunV1InferenceDoFn(beam.DoFn):
         self._buffer.append(table)
         self._buffered += table.num_rows
         size = self._config.batch_size
-        while self._buffered >= size:
+        limit = self._config.max_batch_bytes
+        while self._buffered >= size or (
+            limit and self._buffered and sum(t.nbytes for t in self._buffer) > limit
+        ):
             merged = self._take_buffer()
-            yield from self._flush(merged.slice(0, size))
-            if merged.num_rows > size:
-                self._buffer = [merged.slice(size)]
-                self._buffered = merged.num_rows - size
+            take = min(size, merged.num_rows)
+            if limit:
+                take = rows_within_bytes(merged, take, limit)
+            yield from self._flush(merged.slice(0, take))
+            if merged.num_rows > take:
+                self._buffer = [merged.slice(take)]
+                self._buffered = merged.num_rows - take
 
     def finish_bundle(self):
         if self._buffer:
@@ -181,14 +188,23 @@ class RunV1InferenceDoFn(beam.DoFn):
                 )
                 learnt = found is not None
                 shapes.update(found or {k: (-1,) for k in unknown})
+            from beam_v1 import examples  # tf.Example signature fed from feature columns
+
+            ex = examples.scorer_for_columns(
+                self._model, sig.key, schema, dict(c.column_map),
+                self._model.options.example_feed, c.outputs,
+            )
             plan = columns.make_plan(
                 sig,
-                schema,
+                examples.plan_schema(schema, ex.input_key) if ex else schema,
                 required_inputs=self._model.required_inputs(c.signature),
                 output_shapes=shapes,
                 **plan_kwargs,
             )
             scorer = BatchScorer(self._model, plan, schema)
+            if ex is not None:
+                ex.output_keys = tuple(plan.output_keys)
+                scorer.examples = ex
             if learnt:  # else no row could tell the shapes: try again with the next batch
                 self._scorers[schema] = scorer
         return scorer
@@ -206,6 +222,20 @@ class RunV1InferenceDoFn(beam.DoFn):
                 file=sys.stderr,
                 flush=True,
             )
+
+
+def rows_within_bytes(table: pa.Table, rows: int, limit: int) -> int:
+    """The most leading rows (<= `rows`, >= 1) of `table` whose Arrow size is <= `limit`."""
+    if table.slice(0, rows).nbytes <= limit:
+        return rows
+    low, high = 1, rows  # low always fits unless it is the single oversized row
+    while low < high:
+        mid = (low + high + 1) // 2
+        if table.slice(0, mid).nbytes <= limit:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def _global(value) -> WindowedValue:

@@ -44,11 +44,14 @@ class BatchScorer:
         self._outputs = list(plan.output_keys)
         self._seconds = 0.0  # `_run` may be called before any `score` (output shape probes)
         self._runs = 0
+        self.examples = None  # examples.ExampleScorer: tf.Example signature fed from columns
 
     def score(self, batch: pa.Table | pa.RecordBatch) -> BatchResult:
         if isinstance(batch, pa.RecordBatch):
             batch = pa.Table.from_batches([batch])
         n = batch.num_rows
+        if self.examples is not None:
+            return self._score_examples(batch, n)
         feeds = columns.to_feeds(batch, self.plan)
         failures: dict[int, str] = dict(zip(feeds.bad_rows.tolist(), feeds.bad_reasons))
         parts: list[tuple[np.ndarray, list[pa.Array]]] = []
@@ -66,6 +69,19 @@ class BatchScorer:
         scored = self._scored_table(batch, parts, n)
         failed = self._failed_table(batch, failures)
         return BatchResult(scored, failed, self._seconds, self._runs)
+
+    def _score_examples(self, batch: pa.Table, n: int) -> BatchResult:
+        rows, outputs, failures = self.examples.score(batch)
+        parts = []
+        if len(rows):
+            try:
+                parts.append((rows, columns.from_fetches(outputs, self.plan, len(rows))))
+            except ValueError as e:
+                failures.update({int(r): f"model output does not fit its column: {e}"
+                                 for r in rows})
+        return BatchResult(self._scored_table(batch, parts, n),
+                           self._failed_table(batch, failures),
+                           self.examples.session_seconds, self.examples.session_runs)
 
     # -------------------------------------------------------------- running
 

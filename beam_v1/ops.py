@@ -52,8 +52,17 @@ def _op_status(op: str) -> str | None:
     return None
 
 
-def missing_ops(graph_def: graph_pb2.GraphDef) -> dict[str, tuple[list[str], str]]:
-    """Ops of the graph and its function library that cannot run here: op -> (nodes, reason)."""
+def missing_ops(
+    graph_def: graph_pb2.GraphDef, rewrites: bool = True
+) -> dict[str, tuple[list[str], str]]:
+    """Ops of the graph and its function library that cannot run here: op -> (nodes, reason).
+
+    With `rewrites`, a lost op that `beam_v1.rewrites` can replace (in top-level nodes) is not
+    counted as missing; see `beam_v1.rewrites.needed`.
+    """
+    from beam_v1 import rewrites as _rewrites
+
+    rewritable = set(_rewrites.needed(graph_def)) if rewrites else set()
     functions = {f.signature.name for f in graph_def.library.function}
     users: dict[str, list[str]] = {}
     for node in graph_def.node:
@@ -66,7 +75,8 @@ def missing_ops(graph_def: graph_pb2.GraphDef) -> dict[str, tuple[list[str], str
         if op in functions:
             continue
         reason = _op_status(op)
-        if reason is not None:
+        in_functions = any(n.startswith(f + "/") for n in users[op] for f in functions)
+        if reason is not None and not (op in rewritable and not in_functions):
             missing[op] = (users[op], reason)
     return missing
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from beam_v1 import columns, ops, savedmodel, staging
-from beam_v1.errors import BeamV1Error, SchemaError
+from beam_v1.errors import BeamV1Error, ModelFileError, SchemaError
 
 _log = logging.getLogger(__name__)
 
@@ -63,9 +63,15 @@ def check_model(
     saved_model = savedmodel.read_saved_model(local)
     meta_graph = savedmodel.select_meta_graph(saved_model, tags)
     key = savedmodel.default_signature_key(meta_graph, signature)
-    missing = ops.missing_ops(meta_graph.graph_def)
+    missing = ops.missing_ops(meta_graph.graph_def, rewrites=load_options.get("rewrites", True))
     if missing:
         raise ops.missing_ops_error(local, missing)
+    from beam_v1 import audit
+
+    audit.check(meta_graph, local, bool(load_options.get("allow_unsafe_ops", False)))
+    problems = audit.file_problems(local, meta_graph, [key])
+    if problems:
+        raise ModelFileError(f"The model at {local} is incomplete: {' '.join(problems)}")
     sig = savedmodel.signatures(meta_graph)[key]
     return local, sig, list(sig.inputs)
 
@@ -93,8 +99,15 @@ def check_scoring(
         output_shapes = probe_output_shapes(
             local, tags, sig, files[0], schema, plan_kwargs, load_options, unknown
         )
+    from beam_v1 import examples  # tf.Example signature fed from feature columns
+
+    spec = examples.example_input_without_column(
+        savedmodel.select_meta_graph(savedmodel.read_saved_model(local), tags), sig.key, schema,
+        column_map,
+    )
     plan = columns.make_plan(
-        sig, schema, required_inputs=required, output_shapes=output_shapes, **plan_kwargs
+        sig, examples.plan_schema(schema, spec.input_key) if spec else schema,
+        required_inputs=required, output_shapes=output_shapes, **plan_kwargs
     )
     return Checked(
         model_dir=local,

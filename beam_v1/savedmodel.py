@@ -100,6 +100,12 @@ class ModelInfo:
     missing_ops: dict[str, list[str]]
     missing_op_reasons: dict[str, str]
     warnings: list[str] = dataclasses.field(default_factory=list)
+    # graph-op audit (beam_v1.audit): ops touching files/processes/Python, assets outside
+    unsafe_ops: list[Any] = dataclasses.field(default_factory=list)
+    # ops this TensorFlow lost that beam_v1.rewrites replaces at load time: op -> nodes
+    rewrites: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    # tf.Example feature spec behind each serialized-example input (beam_v1.examples)
+    example_specs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -482,17 +488,24 @@ def inspect(
     *,
     op_libraries: Sequence[str] = (),
     import_modules: Sequence[str] = (),
+    rewrites: bool = True,
 ) -> ModelInfo:
-    """Describe a TF1 SavedModel without running it (SPEC §2)."""
+    """Describe a TF1 SavedModel without running it (SPEC §2).
+
+    `rewrites=False`: ops beam_v1.rewrites could replace count as missing."""
     from beam_v1 import ops
 
     ops.register_extra_ops(op_libraries, import_modules)
     model_dir = resolve_model_dir(path)
     saved_model = read_saved_model(model_dir)
     mg = select_meta_graph(saved_model, tags)
-    missing = ops.missing_ops(mg.graph_def)
+    missing = ops.missing_ops(mg.graph_def, rewrites=rewrites)
     warnings: list[str] = []
     found_variables = variables(model_dir, mg, warnings)
+    from beam_v1 import audit
+
+    warnings += audit.file_problems(model_dir, mg)
+
     return ModelInfo(
         path=model_dir,
         tags=tuple(mg.meta_info_def.tags),
@@ -505,7 +518,22 @@ def inspect(
         missing_ops={op: nodes for op, (nodes, _) in missing.items()},
         missing_op_reasons={op: reason for op, (_, reason) in missing.items()},
         warnings=warnings,
+        unsafe_ops=audit.audit(mg, model_dir),
+        rewrites=_rewrites_needed(mg) if rewrites else {},
+        example_specs=_example_specs(mg),
     )
+
+
+def _rewrites_needed(mg: meta_graph_pb2.MetaGraphDef) -> dict[str, list[str]]:
+    from beam_v1 import rewrites
+
+    return rewrites.needed(mg.graph_def)
+
+
+def _example_specs(mg: meta_graph_pb2.MetaGraphDef) -> dict[str, Any]:
+    from beam_v1 import examples
+
+    return examples.describe_meta_graph(mg)
 
 
 # ------------------------------------------------------------------------- text
@@ -568,6 +596,17 @@ def format_model_info(info: ModelInfo) -> str:
             lines.append(f"  {op}: {info.missing_op_reasons[op]}; used by {shown}")
     else:
         lines.append("  (none)")
+    if info.rewrites:
+        lines += ["", "Rewrites applied at load (ops this TensorFlow lost; --no-rewrites: off)"]
+        lines += [f"  {op}: {len(n)} node(s), e.g. {n[0]}" for op, n in info.rewrites.items()]
+    if info.example_specs:
+        from beam_v1 import examples
+
+        lines += ["", "tf.Example inputs"] + examples.format_specs(info.example_specs)
+    lines += ["", "Unsafe ops (refused unless --allow-unsafe-ops)"]
+    lines += _table(
+        [[f.op, f.node, f"from {f.reached_from}", f.reason] for f in info.unsafe_ops], "  "
+    ) or ["  (none)"]
     if info.warnings:
         lines += ["", "Warnings"] + [f"  {w}" for w in info.warnings]
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -62,6 +63,24 @@ def add_score_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--intra-op-threads", type=int, default=0)
     parser.add_argument("--inter-op-threads", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument(
+        "--example-feed",
+        choices=("auto", "serialize"),
+        default="auto",
+        help="tf.Example signatures fed from feature columns: feed the parse op's outputs "
+        "directly when provably the same (auto), or always build serialized examples",
+    )
+    parser.add_argument(
+        "--input-format",
+        choices=("parquet", "tfrecord"),
+        default="parquet",
+        help="tfrecord: files of serialized tf.Example (gzip from a .gz extension)",
+    )
+    parser.add_argument(
+        "--decode-features",
+        action="store_true",
+        help="with --input-format tfrecord: write the examples' features as kept columns",
+    )
 
 
 def score(
@@ -81,15 +100,27 @@ def score(
 
     options = PipelineOptions(list(pipeline_args))
     started = time.perf_counter()
-    transform = ScoreParquet(
-        model,
-        input_pattern,
-        output_prefix,
-        progress_seconds=PROGRESS_SECONDS if progress else None,
-        **kwargs,
-    )
+    input_format = kwargs.pop("input_format", "parquet")
+    decode_features = kwargs.pop("decode_features", False)
+    if input_format == "tfrecord":  # serialized tf.Examples (beam_v1.tfrecord)
+        from beam_v1.tfrecord import ScoreTFRecord
+
+        transform = ScoreTFRecord(
+            model, input_pattern, output_prefix, decode_features=decode_features,
+            progress_seconds=PROGRESS_SECONDS if progress else None, **kwargs,
+        )
+    else:
+        transform = ScoreParquet(
+            model,
+            input_pattern,
+            output_prefix,
+            progress_seconds=PROGRESS_SECONDS if progress else None,
+            **kwargs,
+        )
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | "ScoreParquet" >> transform
+    # checks passed: drop an earlier (complete or killed) run's files so none mix with ours
+    remove_earlier_outputs(output_prefix, transform.dead_letter_prefix)
     result = pipeline.run()
     state = result.wait_until_finish()
     seconds = time.perf_counter() - started
@@ -101,6 +132,39 @@ def score(
     with FileSystems.create(f"{output_prefix}-summary.json") as f:
         f.write(json.dumps(summary, indent=2).encode())
     return summary
+
+
+def remove_earlier_outputs(output_prefix: str, dead_letter_prefix: str) -> list[str]:
+    """Delete PREFIX-summary.json (first), earlier shards of both prefixes, Beam temp dirs."""
+    import posixpath
+    import re
+
+    from apache_beam.io.filesystems import FileSystems
+
+    removed = []
+    summary = f"{output_prefix}-summary.json"
+    if FileSystems.exists(summary):
+        FileSystems.delete([summary])
+        removed.append(summary)
+    for prefix in dict.fromkeys((output_prefix, dead_letter_prefix)):
+        shard = re.compile(re.escape(posixpath.basename(prefix)) + r"-\d+-of-\d+\.parquet")
+        stale = [
+            path
+            for path in _matching(f"{prefix}-*-of-*.parquet")
+            if shard.fullmatch(posixpath.basename(path))
+        ]
+        base, last = FileSystems.split(prefix)
+        if "://" in prefix:  # object stores: the temp "dir" is its objects
+            stale += _matching(FileSystems.join(base, f"beam-temp-{last}-*/*"))
+        else:
+            import glob
+
+            stale += sorted(glob.glob(os.path.join(glob.escape(base), f"beam-temp-{last}-*")))
+        stale = [p for p in stale if p not in removed]
+        if stale:
+            FileSystems.delete(stale)
+            removed += stale
+    return removed
 
 
 def summarize(result, transform, seconds: float) -> dict[str, Any]:
@@ -214,6 +278,11 @@ def run_score(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
         inter_op_threads=args.inter_op_threads,
         op_libraries=args.op_libraries,
         import_modules=args.import_modules,
+        allow_unsafe_ops=args.allow_unsafe_ops,
+        rewrites=args.rewrites,
+        example_feed=args.example_feed,
+        input_format=args.input_format,
+        decode_features=args.decode_features,
     )
     print(format_summary(summary))
     print(f"summary      {args.output}-summary.json", file=sys.stdout)

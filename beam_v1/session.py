@@ -39,6 +39,9 @@ class LoadOptions:
     inter_op_threads: int = 0
     op_libraries: tuple[str, ...] = ()
     import_modules: tuple[str, ...] = ()
+    allow_unsafe_ops: bool = False  # skip the graph-op audit (beam_v1.audit, SPEC §7)
+    rewrites: bool = True  # replace ops this TensorFlow lost (beam_v1.rewrites)
+    example_feed: str = "auto"  # tf.Example from columns: auto (direct when exact) | serialize
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> LoadOptions:
@@ -80,9 +83,21 @@ class V1Model:
         self.tags = tuple(meta_graph.meta_info_def.tags)
         self.signatures: dict[str, SignatureInfo] = savedmodel.signatures(meta_graph)
         self.default_signature = savedmodel.default_signature_key(meta_graph, signature)
-        missing = ops.missing_ops(meta_graph.graph_def)
+        missing = ops.missing_ops(meta_graph.graph_def, rewrites=self.options.rewrites)
         if missing:
             raise ops.missing_ops_error(self.path, missing)
+        self.rewritten: dict[str, list[str]] = {}
+        if self.options.rewrites:
+            from beam_v1 import rewrites
+
+            meta_graph, self.rewritten = rewrites.rewrite_meta_graph(meta_graph)
+        from beam_v1 import audit
+
+        # before any session exists: nothing of the model (init op included) has run yet
+        audit.check(meta_graph, self.path, self.options.allow_unsafe_ops)
+        problems = audit.file_problems(self.path, meta_graph, [self.default_signature])
+        if problems:
+            raise ModelFileError(f"The model at {self.path} is incomplete: {' '.join(problems)}")
 
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph, config=self.options.session_config())
@@ -392,6 +407,7 @@ def load(
 ) -> V1Model:
     """Load a TF1 SavedModel into one session (SPEC §2).
 
-    Options: intra_op_threads, inter_op_threads, op_libraries, import_modules.
+    Options: intra_op_threads, inter_op_threads, op_libraries, import_modules,
+    allow_unsafe_ops (skip the graph-op audit; see beam_v1.audit).
     """
     return V1Model(path, tags=tags, signature=signature, options=LoadOptions.from_kwargs(**options))

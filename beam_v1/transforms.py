@@ -44,9 +44,12 @@ class RunV1Inference(beam.PTransform):
         progress_seconds: float | None = None,
         output_shapes: Mapping[str, tuple[int, ...]] | None = None,
         emit_latency: bool = False,
+        max_batch_bytes: int | None = None,
         **load_options: Any,
     ):
         super().__init__()
+        if max_batch_bytes is not None and max_batch_bytes < 1:
+            raise ValueError(f"max_batch_bytes must be positive, got {max_batch_bytes}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         from beam_v1.session import LoadOptions
@@ -64,6 +67,7 @@ class RunV1Inference(beam.PTransform):
                 {k: tuple(v) if isinstance(v, list) else v for k, v in load_options.items()}
             ),
             output_shapes=dofn.freeze_mapping(output_shapes),
+            max_batch_bytes=max_batch_bytes,
         )
         local, sig, required = preflight.check_model(
             self.config.model, self.config.tags, signature, load_options
@@ -75,9 +79,15 @@ class RunV1Inference(beam.PTransform):
             shapes = dict(output_shapes or {})
             for key in columns.unknown_rank_outputs(sig, self.config.outputs):
                 shapes.setdefault(key, (-1,))  # workers learn the rank from their first batch
+            from beam_v1 import examples, savedmodel  # tf.Example fed from feature columns
+
+            spec = examples.example_input_without_column(
+                savedmodel.select_meta_graph(savedmodel.read_saved_model(local), self.config.tags),
+                sig.key, schema, column_map,
+            )
             columns.make_plan(
                 sig,
-                schema,
+                examples.plan_schema(schema, spec.input_key) if spec else schema,
                 required_inputs=required,
                 column_map=column_map,
                 outputs=self.config.outputs,
