@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from beam_v1.errors import UnsafeModelError
+from beam_v1.errors import ModelFileError, UnsafeModelError
 
 # op -> why it is flagged
 UNSAFE_OPS: dict[str, str] = {
@@ -253,14 +253,39 @@ def check(mg: meta_graph_pb2.MetaGraphDef, model_dir: str, allow_unsafe_ops: boo
 # ------------------------------------------------------------ incomplete model files
 
 
+def _truncated_shards(prefix: str) -> list[str]:
+    """Data shards shorter than the index says (sizes from the index; no tensor is read)."""
+    from beam_v1 import variables
+
+    try:
+        found = variables.read_index(prefix)
+    except ModelFileError as e:
+        return [str(e)]
+    if found is None:  # an index block compressed in a way we do not parse: TF's reader checks
+        return []
+    header, entries = found
+    needed: dict[int, int] = {}
+    for entry in entries.values():
+        needed[entry.shard_id] = max(needed.get(entry.shard_id, 0), entry.offset + entry.size)
+    problems = []
+    for shard_id, end in sorted(needed.items()):
+        path = variables.shard_path(prefix, shard_id, header.num_shards)
+        if os.path.isfile(path) and os.path.getsize(path) < end:
+            problems.append(
+                f"Checkpoint data shard {path} is truncated: {os.path.getsize(path)} bytes where "
+                f"the index needs {end}."
+            )
+    return problems
+
+
 def file_problems(
     model_dir: str, mg: meta_graph_pb2.MetaGraphDef, signature_keys: Iterable[str] | None = None
 ) -> list[str]:
     """What is missing from the model's files, found without loading any variable.
 
     A graph with variables but no `variables.index`; missing or empty data shards; signature
-    tensors (of `signature_keys`, default all) whose node is not in the graph. A truncated
-    data shard is only found by `load`, which reads it.
+    tensors (of `signature_keys`, default all) whose node is not in the graph; data shards
+    shorter than the index says.
     """
     from beam_v1 import savedmodel
 
@@ -288,6 +313,8 @@ def file_problems(
             empty = [n for n in data if os.path.getsize(os.path.join(variables_dir, n)) == 0]
             if empty:
                 problems.append(f"Checkpoint data shard(s) {empty} in {variables_dir} are empty.")
+            elif not missing:
+                problems += _truncated_shards(prefix)
     nodes = {n.name for n in mg.graph_def.node}
     keys = savedmodel.signature_keys(mg) if signature_keys is None else list(signature_keys)
     for key in keys:

@@ -168,6 +168,10 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps(info.to_dict(), indent=2))
     else:
         print(info.to_text())
+    if info.warnings:  # files the model needs are missing or damaged
+        print(f"beam-v1: error: the model at {info.path} is incomplete: "
+              f"{' '.join(info.warnings)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
 
 

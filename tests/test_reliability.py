@@ -98,9 +98,10 @@ CORRUPT = {
     "bad_signature_tensor": r"no_such_node:0",
     "unknown_op": r"NoSuchOpInThisTensorFlow",
 }
-# inspect reads metadata only: these it reports as warnings (it lists what it can)
-INSPECT_WARNS = {"no_index", "no_data", "bad_signature_tensor"}
-INSPECT_OK = {"truncated_data"}  # only reading the data finds it (load does; inspect must not)
+# inspect reads metadata only (the index's sizes, never a tensor): these it reports as
+# warnings, listing what it can; `beam-v1 inspect` then exits 2
+INSPECT_WARNS = {"no_index", "no_data", "bad_signature_tensor", "truncated_data"}
+INSPECT_OK: set[str] = set()
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +180,18 @@ def test_corrupt_model_cli(corrupt_models, mlp_parquet, tmp_path, case):
     assert last.startswith("beam-v1: error:") and corrupt_models[case] in last
     assert "Traceback" not in result.stderr
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("case", sorted(INSPECT_WARNS))
+def test_corrupt_model_cli_inspect_exits_2(corrupt_models, case, capsys):
+    from beam_v1 import cli
+
+    assert cli.main(["inspect", corrupt_models[case]]) == 2
+    captured = capsys.readouterr()
+    assert "Signatures" in captured.out  # what could be read is still shown
+    error = captured.err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("beam-v1: error:")
+    assert __import__("re").search(CORRUPT[case], error[0])
 
 
 # ------------------------------------------------------------ killed and re-run
