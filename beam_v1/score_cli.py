@@ -55,6 +55,12 @@ def add_score_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=65536, help="rows per session run")
     parser.add_argument(
+        "--max-batch-bytes",
+        type=int,
+        default=None,
+        help="also bound a batch by its Arrow bytes (a single larger row runs alone)",
+    )
+    parser.add_argument(
         "--dead-letter", default=None, help="prefix for failed rows (default: PREFIX-failed)"
     )
     parser.add_argument(
@@ -273,6 +279,7 @@ def run_score(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
         keep_columns=args.keep_columns,
         column_map=dict(args.column_map),
         batch_size=args.batch_size,
+        max_batch_bytes=args.max_batch_bytes,
         num_shards=args.num_shards,
         intra_op_threads=args.intra_op_threads,
         inter_op_threads=args.inter_op_threads,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +23,15 @@ from beam_v1.savedmodel import SignatureInfo, TensorSpec
 _log = logging.getLogger(__name__)
 
 _OPTIONAL_INPUT_OPS = {"PlaceholderWithDefault"}
+# Callables must be released while TensorFlow is still importable: at interpreter exit their
+# __del__ would otherwise run after TensorFlow's C bindings are gone and print a traceback.
+_live_models: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_models() -> None:
+    for model in list(_live_models):
+        model.close()
 
 
 def numpy_dtype(spec: TensorSpec) -> np.dtype:
@@ -117,6 +128,7 @@ class V1Model:
         self._callables: dict[tuple, Any] = {}
         self._lock = threading.Lock()
         self._closed = False
+        _live_models.add(self)
         self.load_seconds = time.perf_counter() - started
         _log.info("Loaded %s (tags %s) in %.2fs", self.path, ",".join(self.tags), self.load_seconds)
 

@@ -130,6 +130,7 @@ class ScoreTFRecord(beam.PTransform):
         decode_features: bool = False,
         compression: str | None = None,
         batch_size: int = 65536,
+        max_batch_bytes: int | None = None,
         num_shards: int = 0,
         keep_columns=None,
         column_map=None,
@@ -146,6 +147,7 @@ class ScoreTFRecord(beam.PTransform):
         self.dead_letter_prefix = dead_letter_prefix or f"{output_prefix}-failed"
         self.latency_path = f"{output_prefix}-latency.json"
         self.batch_size = batch_size
+        self.max_batch_bytes = max_batch_bytes
         self.num_shards = num_shards
         self.compression = compression
         self.load_options = load_options
@@ -215,6 +217,7 @@ class ScoreTFRecord(beam.PTransform):
                 keep_columns=self.keep_columns,
                 column_map={SERIALIZED_COLUMN: self.input_key},
                 batch_size=self.batch_size,
+                max_batch_bytes=self.max_batch_bytes,
                 schema=self.input_schema,
                 progress_seconds=self.progress_seconds,
                 emit_latency=True,

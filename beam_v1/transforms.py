@@ -135,6 +135,7 @@ class ScoreParquet(beam.PTransform):
         keep_columns: Sequence[str] | str | None = None,
         column_map: Mapping[str, str] | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        max_batch_bytes: int | None = None,
         num_shards: int = 0,
         codec: str = "snappy",
         progress_seconds: float | None = None,
@@ -153,6 +154,7 @@ class ScoreParquet(beam.PTransform):
             column_map=dict(column_map or {}),
         )
         self.batch_size = batch_size
+        self.max_batch_bytes = max_batch_bytes
         self.num_shards = num_shards
         self.codec = codec
         self.progress_seconds = progress_seconds
@@ -175,6 +177,7 @@ class ScoreParquet(beam.PTransform):
                 self.model,
                 schema=checked.input_schema,
                 batch_size=self.batch_size,
+                max_batch_bytes=self.max_batch_bytes,
                 progress_seconds=self.progress_seconds,
                 output_shapes=checked.output_shapes,
                 emit_latency=True,

@@ -1031,3 +1031,27 @@ def test_python_dash_m_beam_v1_score(built_models, tmp_path):
     all_x = np.concatenate([w[1] for w in written])
     want = tf_reference(path, {"x": all_x})
     np.testing.assert_array_equal(scored["label"].to_numpy(), want["label"])
+
+
+def test_score_bounds_batches_by_bytes(built_models, tmp_path):
+    """--max-batch-bytes: more, smaller batches than --batch-size alone gives; nothing lost."""
+    from beam_v1 import cli
+
+    path = built_models["mlp"]
+    written = write_mlp_parquet(str(tmp_path / "in"), n_files=1, rows=200, bad_every=50)
+    prefix = str(tmp_path / "out" / "p")
+    argv = ["score", "--model", path, "--input", str(tmp_path / "in" / "*.parquet"),
+            "--output", prefix, "--batch-size", "1000", "--max-batch-bytes", "2000", "--quiet"]
+    assert cli.main(argv) == 0
+    with open(f"{prefix}-summary.json") as f:
+        summary = json.load(f)
+    bad = sum(len(w[2]) for w in written)
+    assert summary["rows_in"] == 200
+    assert summary["rows_scored"] + summary["rows_failed"] == 200 and summary["rows_failed"] == bad
+    # one x row is 4 float32 plus id and name: 2000 bytes hold well under 200 rows
+    assert summary["batches"] > 2
+    _, scored = read_outputs(prefix)
+    all_x = np.concatenate([w[1] for w in written])
+    scored = scored.sort_by("id")
+    want = tf_reference(path, {"x": all_x[scored["id"].to_numpy()]})
+    assert_close(as_numpy(scored["scores"]), want["scores"], "scores")
