@@ -358,6 +358,12 @@ def _row_shapes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     if null_rows is not None:
         lengths = np.where(null_rows, 0, lengths)
     values = arr.flatten()  # values of non-null rows, slice offsets applied
+    if values.null_count == 0 and not _is_list_type(values.type):
+        # fast path: a list of non-null scalars has no bad child and no deeper shape, so
+        # the per-value passes below (cumsum over every value) would only find zeros
+        if null_rows is not None:
+            codes[null_rows] = 1
+        return lengths.astype(np.int64, copy=False).reshape(n, 1), codes
     child_dims, child_codes = _row_shapes(values)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if n else np.zeros(0, np.int64)
     # a row is bad if any child is bad, or its children's shapes differ from its first child's
@@ -381,6 +387,10 @@ def _row_shapes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     has_child = lengths > 0
     inner[has_child] = child_dims[starts[has_child]]
     return np.column_stack([lengths, inner]), codes
+
+
+def _is_list_type(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
 def _segment_any(mask: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -447,7 +457,7 @@ def to_feeds(batch: pa.Table | pa.RecordBatch, plan: FeedPlan) -> Feeds:
     groups: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
     if len(good):
         all_dims = np.concatenate(shape_keys, axis=1) if shape_keys else np.zeros((n, 0))
-        if all_dims.shape[1] and len(np.unique(all_dims[good], axis=0)) > 1:
+        if all_dims.shape[1] and bool((all_dims[good] != all_dims[good[0]]).any()):
             _, inverse = np.unique(all_dims[good], axis=0, return_inverse=True)
             row_groups = [good[inverse.ravel() == g] for g in range(inverse.max() + 1)]
         else:

@@ -19,6 +19,33 @@ from beam_v1.dofn import FAILED, LATENCY, SCORED, ScoringConfig
 DEFAULT_BATCH_SIZE = 65536
 
 
+class ArrowTableCoder(beam.coders.Coder):
+    """Arrow IPC for tables that cross a stage, and a cheap size estimate (`nbytes`)."""
+
+    def encode(self, value):
+        if isinstance(value, pa.RecordBatch):
+            value = pa.Table.from_batches([value])
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, value.schema) as writer:
+            writer.write_table(value)
+        return sink.getvalue().to_pybytes()
+
+    def decode(self, encoded):
+        return pa.ipc.open_stream(encoded).read_all()
+
+    def estimate_size(self, value):
+        return value.nbytes
+
+    def is_deterministic(self):
+        return False
+
+    def to_type_hint(self):
+        return pa.Table
+
+
+beam.coders.registry.register_coder(pa.Table, ArrowTableCoder)
+
+
 class RunV1Inference(beam.PTransform):
     """Score a PCollection of `pyarrow.Table`/`RecordBatch` with a TF1 SavedModel.
 
@@ -104,7 +131,7 @@ class RunV1Inference(beam.PTransform):
             dofn.RunV1InferenceDoFn(
                 self.config, self._shared, self._progress_seconds, self._emit_latency
             )
-        ).with_outputs(*tags, main=SCORED)
+        ).with_output_types(pa.Table).with_outputs(*tags, main=SCORED)
 
 
 def _replace(config: ScoringConfig, **changes) -> ScoringConfig:
@@ -171,7 +198,7 @@ class ScoreParquet(beam.PTransform):
         checked = self.checked
         scored = (
             pbegin
-            | "Read" >> ReadFromParquetBatched(self.input_pattern)
+            | "Read" >> ReadFromParquetBatched(self.input_pattern).with_output_types(pa.Table)
             | "Infer"
             >> RunV1Inference(
                 self.model,
