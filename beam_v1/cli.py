@@ -97,7 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, hard_stop: bool | None = None) -> int:
+    """Run the CLI; returns the exit status.
+
+    `hard_stop` (default: when `argv` is None, i.e. a real command line): after SIGTERM or
+    Ctrl-C, end the runner's worker processes and exit at once, instead of waiting for
+    threads the runner leaves behind.
+    """
+    if hard_stop is None:
+        hard_stop = argv is None
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command not in ("score", "dump-variables"):
@@ -108,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from beam_v1.errors import BeamV1Error
 
-    _stop_on_sigterm()
+    _stop_on_signals(hard_stop)
     try:
         if args.command == "inspect":
             return _inspect(args)
@@ -129,18 +137,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt as e:
         how = "SIGTERM" if e.args == ("SIGTERM",) else "Ctrl-C"
-        print(
-            f"beam-v1: stopped by {how}; no summary was written (re-run the same command "
-            "to redo the run)",
-            file=sys.stderr,
-        )
-        return 143 if how == "SIGTERM" else 130
+        _stopped_message(how)
+        code = 143 if how == "SIGTERM" else 130
+        if hard_stop:
+            _end_now(code)
+        return code
     parser.error(f"unknown command {args.command}")
     return EXIT_USER_ERROR
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM stops like Ctrl-C (a KeyboardInterrupt), so it ends with a one-line message."""
+def _end_now(code: int) -> None:
+    """Stop our child processes (the runner's workers) and exit without joining threads."""
+    import signal
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for pid in _descendants(os.getpid()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    os._exit(code)
+
+
+def _descendants(root: int) -> list[int]:
+    """Child processes of `root`, children first, read from /proc (Linux; else none)."""
+    parents: dict[int, list[int]] = {}
+    try:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                parents.setdefault(ppid, []).append(int(entry))
+    except OSError:
+        return []
+    found, todo = [], [root]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _stop_on_signals(hard_stop: bool) -> None:
+    """SIGTERM stops like Ctrl-C, with a one-line message.
+
+    With `hard_stop`, SIGTERM and Ctrl-C end the runner's workers and exit at once from the
+    signal handler: a KeyboardInterrupt raised inside a runner can leave it waiting for
+    workers forever. Otherwise SIGTERM raises KeyboardInterrupt("SIGTERM").
+    """
     import signal
     import threading
 
@@ -149,9 +197,23 @@ def _stop_on_sigterm() -> None:
 
     def handler(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
-        raise KeyboardInterrupt("SIGTERM")
+        how = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        if not hard_stop:
+            raise KeyboardInterrupt(how)
+        _stopped_message(how)
+        _end_now(143 if how == "SIGTERM" else 130)
 
     signal.signal(signal.SIGTERM, handler)
+    if hard_stop:
+        signal.signal(signal.SIGINT, handler)
+
+
+def _stopped_message(how: str) -> None:
+    print(
+        f"beam-v1: stopped by {how}; no summary was written (re-run the same command "
+        "to redo the run)",
+        file=sys.stderr,
+    )
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -14,4 +14,4 @@ import sys
 from beam_v1.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["score", *sys.argv[1:]]))
+    sys.exit(main(["score", *sys.argv[1:]], hard_stop=True))
