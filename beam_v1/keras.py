@@ -13,7 +13,7 @@
     model = keras.Model([a, b, c], outs)
     model.predict([...])
 
-How it runs (the choice, measured in benchmarks/RESULTS-interop.md): the MetaGraph is
+How it runs (the choice, measured in benchmarks/RESULTS.md, Interop section): the MetaGraph is
 imported once into a `tf.compat.v1.wrap_function` graph (TensorFlow's own v1-in-v2 loader
 machinery, `load_v1_in_v2._EagerSavedModelLoader`, with its signature step skipped), the
 variables are restored from the checkpoint and lifted into eager resource variables, the init
@@ -220,7 +220,7 @@ class V1Layer(keras.layers.Layer):
         imported = self._v1[0]
         if tf.executing_eagerly():
             # a pruned function called eagerly pays its argument handling every call; one
-            # tf.function around it costs about half (see RESULTS-interop.md)
+            # tf.function around it costs about half (see benchmarks/RESULTS.md)
             if imported.eager is None:
                 imported.eager = tf.function(self._run, reduce_retracing=True)
             out = imported.eager(*feeds)

@@ -1,7 +1,8 @@
 """Benchmark: a TF1 model's variables out, three ways, on a generated ~1 GB model.
 
     python benchmarks/bench_dump.py [--big 4 --big-mb 200 --small 100 --small-mb 2]
-        [--workdir DIR] [--keep] [--results benchmarks/RESULTS-dump.md]
+        [--workdir DIR] [--keep] [--results benchmarks/out/RESULTS-dump.md]
+    (the results file is then pasted into benchmarks/RESULTS.md)
 
 (a) session: `tf.compat.v1.saved_model.loader.load` + `sess.run(global_variables())`
 (b) parquet: `DumpVariables` -> `WriteVariables(..., "parquet")` on the DirectRunner
@@ -140,7 +141,7 @@ def main() -> int:
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     parser.add_argument(
-        "--results", default=os.path.join(os.path.dirname(__file__), "RESULTS-dump.md")
+        "--results", default=os.path.join(os.path.dirname(__file__), "out", "RESULTS-dump.md")
     )
     args = parser.parse_args()
     if args.child:
@@ -250,6 +251,7 @@ variables go through TensorFlow's reader, which verifies them. The sinks stage e
 slice in a temporary folder next to the output and write each model's file once all its
 records are in, so the dump writes the data twice (once to staging, once to the final file).
 """
+    os.makedirs(os.path.dirname(args.results) or ".", exist_ok=True)
     with open(args.results, "w", encoding="utf-8") as f:
         f.write(text)
     print(text)

@@ -1,7 +1,7 @@
 """Benchmark: a tf.Example signature fed from Parquet columns, three ways, side by side.
 
     python benchmarks/bench_examples.py [--rows 200000] [--taxi-copies 250] [--batch 65536]
-        [--results benchmarks/RESULTS-examples.md]
+        [--results benchmarks/out/RESULTS-examples.md]  (then pasted into RESULTS.md)
 
 (direct)    beam_v1.examples.ExampleScorer, mode auto: the parse op's outputs fed from columns
 (serialize) ExampleScorer, mode serialize: serialized examples built from the columns
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--taxi-copies", type=int, default=250)
     parser.add_argument("--batch", type=int, default=65536)
-    parser.add_argument("--results", default=str(HERE / "RESULTS-examples.md"))
+    parser.add_argument("--results", default=str(HERE / "out" / "RESULTS-examples.md"))
     args = parser.parse_args(argv)
 
     import pyarrow as pa
@@ -115,6 +115,7 @@ def main(argv=None) -> int:
                          f"{n / seconds:,.0f} | {base / seconds:.1f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(text)
     return 0
 

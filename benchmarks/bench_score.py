@@ -232,6 +232,50 @@ def worker_bare(model: str, pattern: str, out_dir: str, reader: str, batch_rows:
     return {"rows": rows, "batches": batches, "seconds": seconds, "stages": stages}
 
 
+def worker_bare_overlap(model: str, pattern: str, out_dir: str, batch_rows: int) -> dict:
+    """(a-ov): (a) with the session run in a second thread, one batch in flight, so reading
+    and writing (pyarrow) overlap the session (TensorFlow); both release the GIL."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tensorflow.core.protobuf import config_pb2
+
+    started = time.perf_counter()
+    sess, x_name, scores_name = _load_session(model)
+    run = sess._make_callable_from_options(
+        config_pb2.CallableOptions(feed=[x_name], fetch=[scores_name])
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    rows = batches = 0
+    with ThreadPoolExecutor(1) as pool:
+        for i, path in enumerate(sorted(glob.glob(pattern))):
+            writer = pq.ParquetWriter(
+                os.path.join(out_dir, f"part-{i:05d}.parquet"),
+                _output_schema(),
+                compression="snappy",
+            )
+            pending = None
+            for batch in [*pq.ParquetFile(path).iter_batches(batch_size=batch_rows), None]:
+                future = None
+                if batch is not None:
+                    x = batch.column("x").flatten().to_numpy(zero_copy_only=True)
+                    future = pool.submit(run, x.reshape(-1, N_IN))
+                if pending is not None:  # write the previous batch while this one runs
+                    done, (scores,) = pending[0], pending[1].result()
+                    writer.write_table(
+                        pa.Table.from_arrays(
+                            [done.column("id"), _scores_column(scores)], schema=_output_schema()
+                        )
+                    )
+                    rows += done.num_rows
+                    batches += 1
+                pending = (batch, future) if batch is not None else None
+            writer.close()
+    seconds = time.perf_counter() - started
+    return {"rows": rows, "batches": batches, "seconds": seconds, "stages": {}}
+
+
 def worker_perrow(model: str, pattern: str, out_dir: str, rows: int) -> dict:
     """(d): hand-written TF1 code: one sess.run with a feed_dict per row."""
     import pyarrow as pa
@@ -324,7 +368,7 @@ def worker_runinference(model: str, pattern: str, out_dir: str, max_batch: int) 
 
 def worker_main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="bench_score.py _worker")
-    p.add_argument("kind", choices=["bare", "perrow", "runinference"])
+    p.add_argument("kind", choices=["bare", "bare-overlap", "perrow", "runinference"])
     p.add_argument("--model", required=True)
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
@@ -340,6 +384,8 @@ def worker_main(argv: list[str]) -> None:
     tf.get_logger().setLevel("ERROR")
     if a.kind == "bare":
         result = worker_bare(a.model, a.input, a.output, a.reader, a.batch_rows)
+    elif a.kind == "bare-overlap":
+        result = worker_bare_overlap(a.model, a.input, a.output, a.batch_rows)
     elif a.kind == "perrow":
         result = worker_perrow(a.model, a.input, a.output, a.rows)
     else:
@@ -465,7 +511,7 @@ def _fresh(path: str) -> str:
 def run_bare(ctx, pattern, rows, out, reader="iter_batches") -> dict:
     m = run_measured(
         _worker_cmd(
-            "bare",
+            "bare-overlap" if reader == "overlap" else "bare",
             "--model",
             ctx.model,
             "--input",
@@ -500,7 +546,8 @@ def run_cli(ctx, pattern, rows, out, extra=(), pythonpath=None) -> dict:
         *extra,
     ]
     env = None
-    if pythonpath:  # a patched copy of beam_v1 first on the path (--b-variant)
+    pythonpath = pythonpath or ctx.pythonpath
+    if pythonpath:  # a copy of beam_v1 first on the path (--code snapshot, --b-variant)
         env = dict(os.environ, PYTHONPATH=pythonpath)
     m = run_measured(cmd, out + ".log", env=env)
     summary = json.loads(Path(prefix + "-summary.json").read_text())
@@ -786,6 +833,35 @@ class Ctx:
     def __init__(self, args):
         self.args = args
         self.model = ""
+        self.pythonpath: str | None = None  # where beam_v1 is imported from (--code snapshot)
+
+
+def _snapshot_code(out: str, results: dict) -> str:
+    """Copy beam_v1/ to OUT/code; record the commit, local changes and a digest of the copy."""
+    import hashlib
+
+    code = _fresh(os.path.join(out, "code"))
+    target = os.path.join(code, "beam_v1")
+    shutil.copytree(REPO / "beam_v1", target, ignore=shutil.ignore_patterns("__pycache__"))
+    digest = hashlib.sha256()
+    for path in sorted(Path(target).rglob("*.py")):
+        digest.update(path.relative_to(target).as_posix().encode() + path.read_bytes())
+
+    def git(*a):
+        try:
+            return subprocess.run(
+                ["git", *a], cwd=REPO, capture_output=True, text=True, timeout=30
+            ).stdout.rstrip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    results["code"] = {
+        "snapshot": target,
+        "commit": git("rev-parse", "--short", "HEAD").strip(),
+        "changed_files": git("status", "--short", "--", "beam_v1").splitlines(),
+        "sha256": digest.hexdigest()[:16],
+    }
+    return code
 
 
 def _median_entry(runs: list[dict]) -> dict:
@@ -828,7 +904,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rows", type=int, default=2_000_000)
     p.add_argument("--big-rows", type=int, default=0, help="a second, bigger run (for RSS)")
-    p.add_argument("--big-variants", default="b", help="what runs at --big-rows: b and/or a")
+    p.add_argument("--big-variants", default="b,a", help="what runs at --big-rows: b and/or a")
     p.add_argument("--out", default=str(HERE / "out"))
     p.add_argument("--repeat", type=int, default=2, help="interleaved runs of a, a-rg, b, b2")
     p.add_argument("--subset-c", type=int, default=200_000, help="rows for (c)")
@@ -856,6 +932,14 @@ def main(argv=None) -> int:
     p.add_argument("--fixed-rows", type=int, default=1000, help="rows of the fixed-cost runs")
     p.add_argument("--profile-files", type=int, default=2, help="data files the profile reads")
     p.add_argument("--keep-data", action="store_true", help="keep generated data and outputs")
+    p.add_argument(
+        "--code",
+        choices=["snapshot", "tree"],
+        default="snapshot",
+        help="snapshot (default): copy beam_v1/ into OUT/code at the start and run that copy "
+        "throughout, so one run measures one version even while the tree is edited; "
+        "tree: import beam_v1 as installed",
+    )
     args = p.parse_args(argv)
     variants = set(args.variants.split(","))
     out = os.path.abspath(args.out)
@@ -867,6 +951,9 @@ def main(argv=None) -> int:
         "config": vars(args),
     }
     t_all = time.perf_counter()
+    if args.code == "snapshot":
+        ctx.pythonpath = _snapshot_code(out, results)
+        sys.path.insert(0, ctx.pythonpath)  # the in-process profile imports the copy too
 
     _say(f"building the model and {args.rows:,} rows of Parquet under {out} ...")
     ctx.model = build_model(os.path.join(_fresh(os.path.join(out, "model")), "mlp"))
@@ -891,6 +978,46 @@ def main(argv=None) -> int:
     }
     _say(f"  {len(files)} files, {data_mb:,.0f} MB, in {results['data']['generate_s']} s")
 
+    errors = results["errors"] = []
+    checks = results["checks"] = {}
+    res = results["variants"] = {}
+
+    def save():
+        results["steady"] = {k: st for k in res if (st := _steady(res, k))}
+        results["ratios"] = _ratios(results)
+        results["total_s"] = round(time.perf_counter() - t_all, 1)
+        Path(out, "results.json").write_text(json.dumps(results, indent=2, default=str))
+        Path(out, "results.md").write_text(report(results))
+
+    def attempt(label, fn, *a, **kw):
+        """Run one measurement; a failure is recorded and the run goes on."""
+        try:
+            return fn(*a, **kw)
+        except Exception as e:  # noqa: BLE001 - e.g. the code under test broke mid-run
+            errors.append({"variant": label, "error": str(e)[-2000:]})
+            _say(f"  ({label}) FAILED: {str(e).splitlines()[0]}")
+            return None
+
+    try:
+        _run_all(
+            ctx, args, variants, out, files, pattern, subset_pattern, data, results, attempt, save
+        )
+    finally:
+        save()
+        if not args.keep_data:
+            for d in glob.glob(os.path.join(out, "out_*")) + glob.glob(os.path.join(out, "data_*")):
+                if os.path.isdir(d):
+                    shutil.rmtree(d, ignore_errors=True)
+    _say(report(results))
+    _say(f"results: {out}/results.json, {out}/results.md ({results['total_s']} s in all)")
+    ok = all(c.get("ok", True) for c in checks.values()) and not errors
+    return 0 if ok else 1
+
+
+def _run_all(
+    ctx, args, variants, out, files, pattern, subset_pattern, data, results, attempt, save
+) -> None:
+    res, checks = results["variants"], results["checks"]
     fixed_pattern = None
     if "fixed" in variants:  # the same commands on a tiny file: start-up and fixed costs
         fixed_dir = _fresh(os.path.join(out, "data_fixed"))
@@ -900,7 +1027,7 @@ def main(argv=None) -> int:
     b_args = {k: shlex.split(v) for k, v in (a.split("=", 1) for a in args.b_args)}
     b_names = list(dict.fromkeys([*patched, *b_args]))
     runs: dict[str, list[dict]] = {}
-    order = [v for v in ("a", "a-rg", "b", "b2") if v in variants]
+    order = [v for v in ("a", "a-rg", "a-ov", "b", "b2") if v in variants]
     order += [f"b:{name}" for name in b_names]
     if fixed_pattern:
         order += [v + "@fixed" for v in ("a", "b", "b2") if v in variants]
@@ -912,35 +1039,43 @@ def main(argv=None) -> int:
             base, _, tiny = v.partition("@")
             src, n = (fixed_pattern, args.fixed_rows) if tiny else (pattern, args.rows)
             if base == "a":
-                r = run_bare(ctx, src, n, o, "iter_batches")
+                r = attempt(v, run_bare, ctx, src, n, o, "iter_batches")
             elif base == "a-rg":
-                r = run_bare(ctx, src, n, o, "row_group")
+                r = attempt(v, run_bare, ctx, src, n, o, "row_group")
+            elif base == "a-ov":
+                r = attempt(v, run_bare, ctx, src, n, o, "overlap")
             elif base == "b":
-                r = run_cli(ctx, src, n, o)
+                r = attempt(v, run_cli, ctx, src, n, o)
             elif base == "b2":
-                r = run_cli(ctx, src, n, o, multi)
+                r = attempt(v, run_cli, ctx, src, n, o, multi)
             else:
                 name = base.split(":", 1)[1]
-                r = run_cli(ctx, src, n, o, b_args.get(name, ()), pythonpath=patched.get(name))
+                r = attempt(
+                    v, run_cli, ctx, src, n, o, b_args.get(name, ()), pythonpath=patched.get(name)
+                )
+            if r is None:
+                continue
             runs.setdefault(v, []).append(r)
+            res[v] = _median_entry(runs[v])
             _say(
                 f"  [{rep + 1}/{args.repeat}] ({v}) {r['rows_per_s']:>10,.0f} rows/s  "
                 f"work {r['work_s']:.1f} s  process {r['process_s']:.1f} s  "
                 f"RSS {r['peak_rss_mb']:,.0f} MB (tree {r['peak_tree_rss_mb']:,.0f} MB)"
             )
-    res = results["variants"] = {v: _median_entry(rs) for v, rs in runs.items()}
+        save()
 
-    checks = results["checks"] = {}
     if "a" in res:
-        for v in ["a-rg", "b", "b2"] + [f"b:{name}" for name in b_names]:
+        for v in ["a-rg", "a-ov", "b", "b2"] + [f"b:{name}" for name in b_names]:
             if v in res:
                 checks[f"a vs {v}"] = compare(res["a"]["out"], res[v]["out"], args.rows)
                 _say(f"  check a vs {v}: {checks[f'a vs {v}']}")
 
     if "b-subset" in variants:
         o = os.path.join(out, "out_b-subset")
-        res["b-subset"] = _median_entry([run_cli(ctx, subset_pattern, args.subset_c, o)])
-        _say(f"  (b on {args.subset_c:,} rows) {res['b-subset']['rows_per_s']:,.0f} rows/s")
+        r = attempt("b-subset", run_cli, ctx, subset_pattern, args.subset_c, o)
+        if r:
+            res["b-subset"] = _median_entry([r])
+            _say(f"  (b on {args.subset_c:,} rows) {r['rows_per_s']:,.0f} rows/s")
     if "c" in variants:
         o = os.path.join(out, "out_c")
         c_pattern = subset_pattern
@@ -948,25 +1083,33 @@ def main(argv=None) -> int:
             c_pattern = os.path.join(
                 _fresh_subset(files, out, "data_subset_c", args.subset_c), "*.parquet"
             )
-        res["c"] = _median_entry([run_runinference(ctx, c_pattern, args.subset_c, o)])
-        _say(f"  (c) {res['c']['rows_per_s']:,.0f} rows/s on {args.subset_c:,} rows")
-        if "a" in res:
-            checks["a vs c"] = _compare_subset(res["a"]["out"], o, args.subset_c)
-            _say(f"  check a vs c: {checks['a vs c']}")
+        r = attempt("c", run_runinference, ctx, c_pattern, args.subset_c, o)
+        if r:
+            res["c"] = _median_entry([r])
+            _say(f"  (c) {r['rows_per_s']:,.0f} rows/s on {args.subset_c:,} rows")
+            if "a" in res:
+                checks["a vs c"] = _compare_subset(res["a"]["out"], o, args.subset_c)
+                _say(f"  check a vs c: {checks['a vs c']}")
     if "d" in variants:
         o = os.path.join(out, "out_d")
-        res["d"] = _median_entry([run_perrow(ctx, subset_pattern, args.subset_d, o)])
-        _say(f"  (d) {res['d']['rows_per_s']:,.0f} rows/s on {args.subset_d:,} rows")
-        if "a" in res:
-            checks["a vs d"] = _compare_subset(res["a"]["out"], o, args.subset_d)
-            _say(f"  check a vs d: {checks['a vs d']}")
+        r = attempt("d", run_perrow, ctx, subset_pattern, args.subset_d, o)
+        if r:
+            res["d"] = _median_entry([r])
+            _say(f"  (d) {r['rows_per_s']:,.0f} rows/s on {args.subset_d:,} rows")
+            if "a" in res:
+                checks["a vs d"] = _compare_subset(res["a"]["out"], o, args.subset_d)
+                _say(f"  check a vs d: {checks['a vs d']}")
+    save()
 
     if "profile" in variants:
         _say("profiling beam-v1 in process ...")
         prof_pattern = os.path.join(data, f"part-0000[0-{args.profile_files - 1}].parquet")
-        results["profile"] = profile(ctx, prof_pattern, out)
-        _say(json.dumps(results["profile"]["per_batch"], indent=1))
-        _say(json.dumps(results["profile"]["directrunner"]["stages_s"], indent=1))
+        prof = attempt("profile", profile, ctx, prof_pattern, out)
+        if prof:
+            results["profile"] = prof
+            _say(json.dumps(prof["per_batch"], indent=1))
+            _say(json.dumps(prof["directrunner"]["stages_s"], indent=1))
+        save()
 
     if not args.keep_data:
         shutil.rmtree(data, ignore_errors=True)
@@ -988,12 +1131,14 @@ def main(argv=None) -> int:
         for v in args.big_variants.split(","):
             o = os.path.join(out, f"out_big_{v}")
             if v == "a":
-                big_res[v] = _median_entry([run_bare(ctx, big_pattern, args.big_rows, o)])
+                r = attempt("big a", run_bare, ctx, big_pattern, args.big_rows, o)
             elif v == "b":
-                big_res[v] = _median_entry([run_cli(ctx, big_pattern, args.big_rows, o)])
+                r = attempt("big b", run_cli, ctx, big_pattern, args.big_rows, o)
             else:
                 continue
-            r = big_res[v]
+            if r is None:
+                continue
+            big_res[v] = _median_entry([r])
             _say(
                 f"  ({v}) {r['rows_per_s']:,.0f} rows/s  work {r['work_s']:.1f} s  "
                 f"RSS {r['peak_rss_mb']:,.0f} MB"
@@ -1009,21 +1154,6 @@ def main(argv=None) -> int:
             }
         if not args.keep_data:
             shutil.rmtree(big, ignore_errors=True)
-
-    results["steady"] = {
-        k: st for k in results.get("variants", {}) if (st := _steady(results["variants"], k))
-    }
-    results["ratios"] = _ratios(results)
-    results["total_s"] = round(time.perf_counter() - t_all, 1)
-    if not args.keep_data:
-        for d in glob.glob(os.path.join(out, "out_*")) + glob.glob(os.path.join(out, "data_*")):
-            if os.path.isdir(d):
-                shutil.rmtree(d, ignore_errors=True)
-    Path(out, "results.json").write_text(json.dumps(results, indent=2, default=str))
-    Path(out, "results.md").write_text(report(results))
-    _say(report(results))
-    _say(f"results: {out}/results.json, {out}/results.md ({results['total_s']} s in all)")
-    return 0 if all(c.get("ok", True) for c in checks.values()) else 1
 
 
 def _fresh_subset(files, out, name, rows) -> str:
@@ -1069,6 +1199,7 @@ def _ratios(results) -> dict:
         out[f"{b}/a"] = ratio(rate(v.get(b)), rate(v.get("a")))
         out[f"{b}/a per repeat"] = pairs(b, "a")
         out[f"{b}/a-rg"] = ratio(rate(v.get(b)), rate(v.get("a-rg")))
+        out[f"{b}/a-ov"] = ratio(rate(v.get(b)), rate(v.get("a-ov")))
         if b != "b":
             out[f"{b}/b"] = ratio(rate(v.get(b)), rate(v.get("b")))
             out[f"{b}/b per repeat"] = pairs(b, "b")
@@ -1129,14 +1260,25 @@ def report(results: dict) -> str:
     labels = {
         "a": "(a) bare loop: iter_batches + callable + ParquetWriter",
         "a-rg": "(a-rg) bare loop, read_row_group",
+        "a-ov": "(a-ov) bare loop, session in a 2nd thread (1 batch in flight)",
         "b": "(b) beam-v1 score, DirectRunner",
         "b2": "(b2) beam-v1 score, multi_processing x2",
         "b-subset": "(b) beam-v1 score on the (c) subset",
         "c": "(c) ReadFromParquet -> RunInference",
         "d": "(d) per-row sess.run(feed_dict)",
     }
+    m = results.get("machine", {})
+    code = results.get("code", {})
     lines = [
         f"command: `{results['command']}`",
+        "",
+        f"machine: {m.get('cpus')} CPUs ({m.get('cpu')}), {m.get('mem_mb', 0):,} MB RAM; "
+        f"Python {m.get('python')}, TensorFlow {m.get('tensorflow')}, Beam "
+        f"{m.get('apache_beam')}, pyarrow {m.get('pyarrow')}, numpy {m.get('numpy')}",
+        "",
+        f"code: beam_v1 at commit {code.get('commit', '?')}"
+        + (f" plus local changes {code['changed_files']}" if code.get("changed_files") else "")
+        + (f", snapshot sha256 {code['sha256']}" if code.get("sha256") else " (as installed)"),
         "",
         "| variant | rows | rows/s (work, median) | each run | work s | process s | "
         "rows/s (process) | CPU s | peak RSS MB (process) | peak RSS MB (tree) |",
@@ -1178,6 +1320,8 @@ def report(results: dict) -> str:
     for k, val in results.get("ratios", {}).items():
         lines.append(f"| {k} | {val} |")
     lines += ["", "checks: " + json.dumps(results.get("checks", {}))]
+    for e in results.get("errors", []):
+        lines += ["", f"FAILED ({e['variant']}): {e['error'][-600:]}"]
     a = results.get("variants", {}).get("a")
     if a and a.get("stages"):
         stages = {k: round(v, 2) for k, v in a["stages"].items()}
