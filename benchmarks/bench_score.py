@@ -11,11 +11,14 @@ files, row groups of --row-group-size rows), then measures on them:
   (c)    the per-element route: `beam.io.ReadFromParquet` (one dict per row) -> `RunInference`
          with a small session ModelHandler -> `WriteToParquet` (on a subset)
   (d)    the per-row `sess.run(feed_dict=...)` loop of hand-written TF1 code (on a subset)
+  @fixed (a), (b), (b2) on a 1,000-row file: fixed costs, subtracted for steady-state rates
+  (a-ov) on request: (a) with the session in a second thread, one batch in flight
+  b:NAME on request: (b) with a patched copy of beam_v1 (--b-variant) or extra flags (--b-args)
 
-Every variant runs in its own process; wall time and peak RSS (the process, and the sum over its
-process tree, sampled from /proc) are measured from outside. rows/s uses the time of the work
-itself ("work s": model load, read, score, write; not the interpreter and TensorFlow import),
-measured inside each process; the whole-process rate is reported too. Outputs are checked:
+Every variant runs in its own process; wall time, CPU time and peak RSS (the process, and the
+sum over its process tree, sampled from /proc) are measured from outside. rows/s uses the time
+of the work itself ("work s": model load, read, score, write; not the interpreter and TensorFlow
+import), measured inside each process; the whole-process rate is reported too. Outputs are checked:
 (a) and (b)/(b2) must hold every id once and agree on a sample of scores; (c) and (d) agree with
 (a) on their subset. Then the product's per-batch path and an in-process DirectRunner run are
 profiled with cProfile. Results: OUT/results.json and OUT/results.md.
