@@ -194,10 +194,8 @@ class ScoreTFRecord(beam.PTransform):
 
     def expand(self, pbegin):
         from apache_beam.io import fileio
-        from apache_beam.io.parquetio import WriteToParquetBatched
-        from apache_beam.transforms.stats import ApproximateQuantiles
 
-        from beam_v1.transforms import FAILED, LATENCY, SCORED, RunV1Inference, _write_json
+        from beam_v1.transforms import RunV1Inference, write_outputs
 
         spec, compression = self.spec, self.compression
         # Beam's ReadFromTFRecord needs a crc32c package (apache-beam[tfrecord]); the framing
@@ -224,16 +222,13 @@ class ScoreTFRecord(beam.PTransform):
                 **self.load_options,
             )
         )
-        written = scored[SCORED] | "WriteScored" >> WriteToParquetBatched(
-            self.output_prefix, schema=self.output_schema, file_name_suffix=".parquet",
-            num_shards=self.num_shards, codec=self.codec,
+        return write_outputs(
+            scored,
+            output_prefix=self.output_prefix,
+            dead_letter_prefix=self.dead_letter_prefix,
+            output_schema=self.output_schema,
+            failed_schema=self.failed_schema,
+            latency_path=self.latency_path,
+            codec=self.codec,
+            num_shards=self.num_shards,
         )
-        failed = scored[FAILED] | "WriteFailed" >> WriteToParquetBatched(
-            self.dead_letter_prefix, schema=self.failed_schema, file_name_suffix=".parquet"
-        )
-        _ = (
-            scored[LATENCY]
-            | "LatencyQuantiles" >> ApproximateQuantiles.Globally(num_quantiles=21)
-            | "WriteLatency" >> beam.Map(_write_json, self.latency_path)
-        )
-        return {"scored": written, "failed": failed}

@@ -212,37 +212,61 @@ class ScoreParquet(beam.PTransform):
                 **self.load_options,
             )
         )
-        # every file's tables must match the one schema each sink writes (the first file's):
-        # a later file may order its columns differently or use a narrower type
-        written = (
-            scored[SCORED]
-            | "ConformScored" >> beam.Map(conform, checked.output_schema, "scored")
-            | "WriteScored"
-            >> WriteToParquetBatched(
-                self.output_prefix,
-                schema=checked.output_schema,
-                codec=self.codec,
-                file_name_suffix=".parquet",
-                num_shards=self.num_shards,
-            )
+        return write_outputs(
+            scored,
+            output_prefix=self.output_prefix,
+            dead_letter_prefix=self.dead_letter_prefix,
+            output_schema=checked.output_schema,
+            failed_schema=checked.failed_schema,
+            latency_path=self.latency_path,
+            codec=self.codec,
+            num_shards=self.num_shards,
         )
-        failed = (
-            scored[FAILED]
-            | "ConformFailed" >> beam.Map(conform, checked.failed_schema, "dead-letter")
-            | "WriteFailed"
-            >> WriteToParquetBatched(
-                self.dead_letter_prefix,
-                schema=checked.failed_schema,
-                codec=self.codec,
-                file_name_suffix=".parquet",
-            )
+
+
+def write_outputs(
+    scored,
+    *,
+    output_prefix: str,
+    dead_letter_prefix: str,
+    output_schema: pa.Schema,
+    failed_schema: pa.Schema,
+    latency_path: str,
+    codec: str,
+    num_shards: int,
+) -> dict:
+    """RunV1Inference's outputs -> scored and dead-letter Parquet, and the latency quantiles."""
+    # every file's tables must match the one schema each sink writes (the first file's):
+    # a later file may order its columns differently or use a narrower type
+    written = (
+        scored[SCORED]
+        | "ConformScored" >> beam.Map(conform, output_schema, "scored")
+        | "WriteScored"
+        >> WriteToParquetBatched(
+            output_prefix,
+            schema=output_schema,
+            codec=codec,
+            file_name_suffix=".parquet",
+            num_shards=num_shards,
         )
-        _ = (
-            scored[LATENCY]
-            | "LatencyQuantiles" >> ApproximateQuantiles.Globally(num_quantiles=21)
-            | "WriteLatency" >> beam.Map(_write_json, self.latency_path)
+    )
+    failed = (
+        scored[FAILED]
+        | "ConformFailed" >> beam.Map(conform, failed_schema, "dead-letter")
+        | "WriteFailed"
+        >> WriteToParquetBatched(
+            dead_letter_prefix,
+            schema=failed_schema,
+            codec=codec,
+            file_name_suffix=".parquet",
         )
-        return {"scored": written, "failed": failed}
+    )
+    _ = (
+        scored[LATENCY]
+        | "LatencyQuantiles" >> ApproximateQuantiles.Globally(num_quantiles=21)
+        | "WriteLatency" >> beam.Map(_write_json, latency_path)
+    )
+    return {"scored": written, "failed": failed}
 
 
 def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
