@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -19,10 +21,14 @@ from apache_beam.utils import shared
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
+from beam_v1 import latency
+
 NAMESPACE = "beam_v1"
 SCORED = "scored"
 FAILED = "failed"
-LATENCY = "batch_latency_ms"
+# batches scored while the DoFn's thread reads, converts and writes around them: the
+# session and pyarrow both release the GIL, so the three overlap
+IN_FLIGHT = 1
 
 _log = logging.getLogger(__name__)
 
@@ -76,19 +82,22 @@ def load_shared_model(config: ScoringConfig):
 
 
 class RunV1InferenceDoFn(beam.DoFn):
-    """Scores Arrow tables; main output `scored`, tagged outputs `failed` and latencies."""
+    """Scores Arrow tables; main output `scored`, tagged output `failed`.
+
+    Each batch is scored on a thread of the DoFn's own while the bundle goes on (at most
+    `IN_FLIGHT` batches ahead); its outputs are emitted from a later `process` call or from
+    `finish_bundle`. Batches merge across elements, so outputs carry the global window.
+    """
 
     def __init__(
         self,
         config: ScoringConfig,
         shared_handle: shared.Shared,
         progress_seconds: float | None = None,
-        emit_latency: bool = False,
     ):
         self._config = config
         self._shared = shared_handle
         self._progress_seconds = progress_seconds
-        self._emit_latency = emit_latency
         self._rows_in = Metrics.counter(NAMESPACE, "rows_in")
         self._rows_scored = Metrics.counter(NAMESPACE, "rows_scored")
         self._rows_failed = Metrics.counter(NAMESPACE, "rows_failed")
@@ -105,10 +114,19 @@ class RunV1InferenceDoFn(beam.DoFn):
         self._started = time.monotonic()
         self._last_progress = self._started
         self._worker_rows = 0
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="beam-v1-score"
+        )
+
+    def teardown(self) -> None:
+        executor = getattr(self, "_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
 
     def start_bundle(self) -> None:
         self._buffer: list[pa.Table] = []
         self._buffered = 0
+        self._pending: collections.deque = collections.deque()
         load_ms = self._holder.take_load_report()
         if load_ms is not None:
             Metrics.counter(NAMESPACE, "model_loads").inc()
@@ -137,12 +155,14 @@ class RunV1InferenceDoFn(beam.DoFn):
                 self._buffered = merged.num_rows - take
 
     def finish_bundle(self):
-        if self._buffer:
-            for output in self._flush(self._take_buffer()):
-                if isinstance(output, beam.pvalue.TaggedOutput):
-                    yield beam.pvalue.TaggedOutput(output.tag, _global(output.value))
-                else:
-                    yield _global(output)
+        outputs = list(self._flush(self._take_buffer())) if self._buffer else []
+        while self._pending:
+            outputs.extend(self._emit(self._pending.popleft()))
+        for output in outputs:
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(output.tag, _global(output.value))
+            else:
+                yield _global(output)
 
     def _take_buffer(self) -> pa.Table:
         merged = self._buffer[0] if len(self._buffer) == 1 else pa.concat_tables(self._buffer)
@@ -150,22 +170,27 @@ class RunV1InferenceDoFn(beam.DoFn):
         return merged
 
     def _flush(self, batch: pa.Table):
-        started = time.perf_counter()
-        result = self._scorer(batch).score(batch)
-        latency_ms = (time.perf_counter() - started) * 1000
-        self._rows_in.inc(batch.num_rows)
+        """Start scoring `batch`; emit the outputs of the batches now more than IN_FLIGHT old."""
+        scorer = self._scorer(batch)  # here: it may run the model to learn output shapes
+        self._pending.append((batch.num_rows, self._executor.submit(_timed_score, scorer, batch)))
+        while len(self._pending) > IN_FLIGHT:
+            yield from self._emit(self._pending.popleft())
+
+    def _emit(self, pending):
+        rows, future = pending
+        result, latency_ms = future.result()  # metrics are per thread: counted here
+        self._rows_in.inc(rows)
         self._rows_scored.inc(result.scored.num_rows)
         self._rows_failed.inc(result.failed.num_rows)
         self._batches.inc()
-        self._batch_size.update(batch.num_rows)
+        self._batch_size.update(rows)
         self._batch_latency.update(int(latency_ms))
-        self._progress(batch.num_rows)
+        Metrics.counter(NAMESPACE, latency.bucket_name(latency_ms)).inc()
+        self._progress(rows)
         if result.scored.num_rows:
             yield result.scored
         if result.failed.num_rows:
             yield beam.pvalue.TaggedOutput(FAILED, result.failed)
-        if self._emit_latency:
-            yield beam.pvalue.TaggedOutput(LATENCY, latency_ms)
 
     def _scorer(self, batch: pa.Table):
         schema = batch.schema
@@ -222,6 +247,12 @@ class RunV1InferenceDoFn(beam.DoFn):
                 file=sys.stderr,
                 flush=True,
             )
+
+
+def _timed_score(scorer, batch: pa.Table):
+    started = time.perf_counter()
+    result = scorer.score(batch)
+    return result, (time.perf_counter() - started) * 1000
 
 
 def rows_within_bytes(table: pa.Table, rows: int, limit: int) -> int:

@@ -174,10 +174,9 @@ def remove_earlier_outputs(output_prefix: str, dead_letter_prefix: str) -> list[
 
 
 def summarize(result, transform, seconds: float) -> dict[str, Any]:
-    from apache_beam.io.filesystems import FileSystems
     from apache_beam.metrics.metric import MetricsFilter
 
-    from beam_v1.transforms import read_json
+    from beam_v1 import latency
 
     metrics = result.metrics().query(MetricsFilter().with_namespace("beam_v1"))
 
@@ -195,12 +194,8 @@ def summarize(result, transform, seconds: float) -> dict[str, Any]:
         v = value(d)
         if v is not None and v.count:
             dists[d.key.metric.name] = v
-    latency = read_json(transform.latency_path) or {}
-    try:
-        FileSystems.delete([transform.latency_path])
-    except Exception:  # noqa: BLE001 - nothing to delete
-        pass
-    quantiles = latency.get("quantiles") or []
+    observed = dists.get("batch_latency_ms")
+    bounds = dict(low=observed.min, high=observed.max) if observed else {}
     files = _matching(f"{transform.output_prefix}-*-of-*.parquet")
     failed_files = _matching(f"{transform.dead_letter_prefix}-*-of-*.parquet")
     files = [f for f in files if f not in failed_files]
@@ -220,15 +215,13 @@ def summarize(result, transform, seconds: float) -> dict[str, Any]:
         "model_loads": counters.get("model_loads", 0),
         "model_load_seconds": round(load.max / 1000, 3) if load else None,
         "batches": counters.get("batches", 0),
-        "batch_latency_ms_p50": _quantile(quantiles, 0.50),
-        "batch_latency_ms_p95": _quantile(quantiles, 0.95),
+        "batch_latency_ms_p50": _rounded(latency.quantile(counters, 0.50, **bounds)),
+        "batch_latency_ms_p95": _rounded(latency.quantile(counters, 0.95, **bounds)),
     }
 
 
-def _quantile(quantiles: list[float], q: float) -> float | None:
-    if not quantiles:
-        return None
-    return round(float(quantiles[round(q * (len(quantiles) - 1))]), 2)
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def _matching(pattern: str) -> list[str]:

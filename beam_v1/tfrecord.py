@@ -145,7 +145,6 @@ class ScoreTFRecord(beam.PTransform):
         self.input_pattern = input_pattern
         self.output_prefix = output_prefix
         self.dead_letter_prefix = dead_letter_prefix or f"{output_prefix}-failed"
-        self.latency_path = f"{output_prefix}-latency.json"
         self.batch_size = batch_size
         self.max_batch_bytes = max_batch_bytes
         self.num_shards = num_shards
@@ -218,7 +217,6 @@ class ScoreTFRecord(beam.PTransform):
                 max_batch_bytes=self.max_batch_bytes,
                 schema=self.input_schema,
                 progress_seconds=self.progress_seconds,
-                emit_latency=True,
                 **self.load_options,
             )
         )
@@ -228,7 +226,6 @@ class ScoreTFRecord(beam.PTransform):
             dead_letter_prefix=self.dead_letter_prefix,
             output_schema=self.output_schema,
             failed_schema=self.failed_schema,
-            latency_path=self.latency_path,
             codec=self.codec,
             num_shards=self.num_shards,
         )

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquetBatched, WriteToParquetBatched
-from apache_beam.transforms.stats import ApproximateQuantiles
 from apache_beam.utils import shared
 
 from beam_v1 import dofn, preflight
-from beam_v1.dofn import FAILED, LATENCY, SCORED, ScoringConfig
+from beam_v1.dofn import FAILED, SCORED, ScoringConfig
 
 DEFAULT_BATCH_SIZE = 65536
 
@@ -70,7 +67,6 @@ class RunV1Inference(beam.PTransform):
         schema: pa.Schema | None = None,
         progress_seconds: float | None = None,
         output_shapes: Mapping[str, tuple[int, ...]] | None = None,
-        emit_latency: bool = False,
         max_batch_bytes: int | None = None,
         **load_options: Any,
     ):
@@ -122,16 +118,12 @@ class RunV1Inference(beam.PTransform):
                 output_shapes=shapes,
             )
         self._progress_seconds = progress_seconds
-        self._emit_latency = emit_latency
         self._shared = shared.Shared()
 
     def expand(self, tables):
-        tags = [FAILED] + ([LATENCY] if self._emit_latency else [])
         return tables | "Score" >> beam.ParDo(
-            dofn.RunV1InferenceDoFn(
-                self.config, self._shared, self._progress_seconds, self._emit_latency
-            )
-        ).with_output_types(pa.Table).with_outputs(*tags, main=SCORED)
+            dofn.RunV1InferenceDoFn(self.config, self._shared, self._progress_seconds)
+        ).with_output_types(pa.Table).with_outputs(FAILED, main=SCORED)
 
 
 def _replace(config: ScoringConfig, **changes) -> ScoringConfig:
@@ -190,10 +182,6 @@ class ScoreParquet(beam.PTransform):
             self.model, input_pattern, load_options=load_options, **self.options
         )
 
-    @property
-    def latency_path(self) -> str:
-        return f"{self.output_prefix}-latency.json"
-
     def expand(self, pbegin):
         checked = self.checked
         scored = (
@@ -207,7 +195,6 @@ class ScoreParquet(beam.PTransform):
                 max_batch_bytes=self.max_batch_bytes,
                 progress_seconds=self.progress_seconds,
                 output_shapes=checked.output_shapes,
-                emit_latency=True,
                 **self.options,
                 **self.load_options,
             )
@@ -218,7 +205,6 @@ class ScoreParquet(beam.PTransform):
             dead_letter_prefix=self.dead_letter_prefix,
             output_schema=checked.output_schema,
             failed_schema=checked.failed_schema,
-            latency_path=self.latency_path,
             codec=self.codec,
             num_shards=self.num_shards,
         )
@@ -231,11 +217,10 @@ def write_outputs(
     dead_letter_prefix: str,
     output_schema: pa.Schema,
     failed_schema: pa.Schema,
-    latency_path: str,
     codec: str,
     num_shards: int,
 ) -> dict:
-    """RunV1Inference's outputs -> scored and dead-letter Parquet, and the latency quantiles."""
+    """RunV1Inference's outputs -> scored and dead-letter Parquet files."""
     # every file's tables must match the one schema each sink writes (the first file's):
     # a later file may order its columns differently or use a narrower type
     written = (
@@ -260,11 +245,6 @@ def write_outputs(
             codec=codec,
             file_name_suffix=".parquet",
         )
-    )
-    _ = (
-        scored[LATENCY]
-        | "LatencyQuantiles" >> ApproximateQuantiles.Globally(num_quantiles=21)
-        | "WriteLatency" >> beam.Map(_write_json, latency_path)
     )
     return {"scored": written, "failed": failed}
 
@@ -292,16 +272,3 @@ def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
             f"An input file's {what} rows ({describe(table.schema)}) do not cast safely to the "
             f"first input file's ({describe(schema)}): {first_line(e)}"
         ) from e
-
-
-def _write_json(quantiles: list[float], path: str) -> None:
-    with FileSystems.create(path) as f:
-        f.write(json.dumps({"quantiles": quantiles}).encode())
-
-
-def read_json(path: str) -> dict | None:
-    try:
-        with FileSystems.open(path) as f:
-            return json.loads(f.read().decode())
-    except Exception:  # noqa: BLE001 - absent when there were no batches
-        return None

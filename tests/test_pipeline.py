@@ -616,6 +616,8 @@ def test_score_parquet_files(built_models, tmp_path):
     with open(f"{prefix}-summary.json") as f:
         assert json.load(f) == summary
     assert not glob.glob(f"{prefix}-latency.json")
+    p50, p95 = summary["batch_latency_ms_p50"], summary["batch_latency_ms_p95"]
+    assert p50 is not None and p95 is not None and 0 <= p50 <= p95
 
 
 def test_score_parquet_transform_in_a_pipeline(built_models, tmp_path):
