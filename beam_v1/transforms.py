@@ -7,11 +7,12 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.parquetio import ReadFromParquetBatched, WriteToParquetBatched
+from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.utils import shared
 
 from beam_v1 import dofn, preflight
 from beam_v1.dofn import FAILED, SCORED, ScoringConfig
+from beam_v1.parquet_read import ReadParquetRowGroups
 
 DEFAULT_BATCH_SIZE = 65536
 
@@ -186,7 +187,7 @@ class ScoreParquet(beam.PTransform):
         checked = self.checked
         scored = (
             pbegin
-            | "Read" >> ReadFromParquetBatched(self.input_pattern).with_output_types(pa.Table)
+            | "Read" >> ReadParquetRowGroups(self.input_pattern)
             | "Infer"
             >> RunV1Inference(
                 self.model,

@@ -940,6 +940,69 @@ def test_remote_model_is_staged_through_beam_filesystems(built_models, tmp_path)
     )
 
 
+def _row_group_files(folder, sizes_and_groups):
+    """Parquet files of ids; each (rows, row_group_size) gives one file. Returns all ids."""
+    os.makedirs(folder, exist_ok=True)
+    start, expected_groups = 0, 0
+    for i, (rows, group) in enumerate(sizes_and_groups):
+        ids = pa.array(np.arange(start, start + rows, dtype=np.int64))
+        pq.write_table(pa.table({"id": ids}), os.path.join(folder, f"part-{i}.parquet"),
+                       row_group_size=group)
+        expected_groups += pq.ParquetFile(os.path.join(folder, f"part-{i}.parquet")).num_row_groups
+        start += rows
+    return list(range(start)), expected_groups
+
+
+@pytest.mark.parametrize("where", ["local", "beam_filesystem"])
+def test_read_parquet_row_groups_yields_each_row_group_once(tmp_path, where):
+    from beam_v1.parquet_read import ReadParquetRowGroups, open_parquet
+
+    root = tmp_path / "bucket"
+    ids, groups = _row_group_files(str(root / "in"), [(250, 100), (40, 1000), (0, 10)])
+    assert groups == 3 + 1 + 1  # an empty file still holds one empty row group
+    pattern = {
+        "local": str(root / "in" / "*.parquet"),
+        "beam_filesystem": "beamv1test://in/*.parquet",
+    }[where]
+    MappedFileSystem.ROOT = str(root)
+    MappedFileSystem.opened.clear()
+    out = str(tmp_path / "ids")
+    with beam.Pipeline() as p:
+        _ = (
+            p
+            | ReadParquetRowGroups(pattern)
+            | beam.Map(lambda t: (t.num_rows, t["id"].to_pylist()))
+            | beam.Map(json.dumps)
+            | beam.io.WriteToText(out)
+        )
+    tables = [json.loads(line) for name in glob.glob(out + "*") for line in open(name)]
+    assert len(tables) == groups
+    assert sorted(i for _, got in tables for i in got) == ids
+    assert sorted(n for n, _ in tables) == [0, 40, 50, 100, 100]
+    opened = set(MappedFileSystem.opened)
+    if where == "beam_filesystem":  # other schemes go through Beam's FileSystems
+        assert opened == {f"beamv1test://in/part-{i}.parquet" for i in range(3)}
+    else:  # local files are opened by pyarrow itself
+        assert opened == set()
+        assert open_parquet(pattern.replace("*", "part-0")).metadata.num_rows == 250
+
+
+def test_score_parquet_reads_input_from_a_beam_filesystem(built_models, tmp_path):
+    root = tmp_path / "bucket"
+    written = write_mlp_parquet(str(root / "in"), n_files=2, rows=70, bad_every=0)
+    MappedFileSystem.ROOT = str(root)
+    MappedFileSystem.opened.clear()
+    prefix = str(tmp_path / "out" / "remote")
+    summary = score(
+        model=built_models["mlp"], input_pattern="beamv1test://in/*.parquet",
+        output_prefix=prefix, batch_size=50, progress=False,
+    )
+    assert summary["rows_in"] == summary["rows_scored"] == 140
+    assert any(p.startswith("beamv1test://in/") for p in MappedFileSystem.opened)
+    _, scored = read_outputs(prefix)
+    check_parquet_scores(built_models["mlp"], scored, written)
+
+
 # ---------------------------------------------------------------- command line
 
 

@@ -1,0 +1,82 @@
+"""Read Parquet files as Arrow tables, one per row group, with native I/O for local files.
+
+Beam's `ReadFromParquetBatched` reads every file through a Python file object from
+`FileSystems.open`; for local files pyarrow's own reader is about 1.3x faster
+(benchmarks/RESULTS.md). Here a local path is opened by pyarrow directly and any other
+scheme (gs://, s3://, a registered plugin) through Beam's `FileSystems`, so credentials
+and options stay Beam's. Work is split by row group: each (file, row group) is one
+element, spread across workers by a `Reshuffle`.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from beam_v1 import staging
+
+_OPEN_FILES = 4  # row groups arrive shuffled: keep a few files' footers open
+
+
+def open_parquet(path: str) -> pq.ParquetFile:
+    """A ParquetFile for `path` on any filesystem Beam knows; local files use native I/O."""
+    if not staging.is_remote(path):
+        return pq.ParquetFile(path[len("file://"):] if path.startswith("file://") else path)
+    handle = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    return pq.ParquetFile(pa.PythonFile(handle, mode="r"))
+
+
+def row_groups(path: str) -> list[tuple[str, int]]:
+    """(path, index) of every row group of the Parquet file at `path`."""
+    with open_parquet(path) as parquet:
+        return [(path, i) for i in range(parquet.metadata.num_row_groups)]
+
+
+class _ReadRowGroupDoFn(beam.DoFn):
+    def __init__(self, columns: list[str] | None):
+        self._columns = columns
+        self._bytes_read = Metrics.counter("beam_v1", "input_bytes_read")
+
+    def start_bundle(self) -> None:
+        self._open: collections.OrderedDict[str, pq.ParquetFile] = collections.OrderedDict()
+
+    def process(self, element: tuple[str, int]):
+        path, index = element
+        parquet = self._open.pop(path, None) or open_parquet(path)
+        self._open[path] = parquet
+        while len(self._open) > _OPEN_FILES:
+            self._open.popitem(last=False)[1].close()
+        table = parquet.read_row_group(index, columns=self._columns)
+        self._bytes_read.inc(parquet.metadata.row_group(index).total_byte_size)
+        yield table
+
+    def finish_bundle(self) -> None:
+        for parquet in self._open.values():
+            parquet.close()
+        self._open.clear()
+
+
+class ReadParquetRowGroups(beam.PTransform):
+    """Parquet files matching `file_pattern` -> a PCollection of `pa.Table`, one per row group."""
+
+    def __init__(self, file_pattern: str, columns: list[str] | None = None):
+        super().__init__()
+        self._pattern = file_pattern
+        self._columns = columns
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Match" >> fileio.MatchFiles(self._pattern)
+            | "RowGroups" >> beam.FlatMap(lambda meta: row_groups(meta.path))
+            | "Spread" >> beam.Reshuffle()
+            | "ReadRowGroup"
+            >> beam.ParDo(_ReadRowGroupDoFn(self._columns)).with_output_types(pa.Table)
+        )
