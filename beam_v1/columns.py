@@ -4,6 +4,8 @@
 numpy feeds, setting bad rows aside with their reason; `from_fetches` turns outputs
 back into Arrow columns. Whole-batch Arrow/numpy operations only: no loop per row,
 except for non-batched (scalar) inputs, which the model can only take one at a time.
+A `coo_sparse` input is fed a `SparseFeed` (indices, values, dense_shape derived from a
+list column's offsets), which slices by rows like an ndarray.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ class InputPlan:
     column: str  # column that feeds it
     spec: TensorSpec
     depth: int  # list nesting depth of the column (0 = scalar column)
+
+    @property
+    def sparse(self) -> bool:
+        return self.spec.encoding == "coo_sparse"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +192,13 @@ def make_plan(
                     f"input {key!r} ({spec.dtype} {spec.shape_str()}) has no column {column!r}"
                 )
             continue
+        if spec.encoding == "coo_sparse":
+            plan, problem = _plan_sparse(key, column, spec, schema.field(column).type)
+            if problem:
+                problems.append(problem)
+            else:
+                plans.append(plan)
+            continue
         if spec.encoding != "dense":
             problems.append(
                 f"input {key!r} is a {spec.encoding} tensor, which cannot be fed from a column yet"
@@ -221,6 +234,12 @@ def make_plan(
         )
     fixed_batch = fixed.pop() if fixed else None
     row_by_row = any(p.spec.shape == () for p in plans)
+    if row_by_row and any(p.sparse for p in plans):
+        raise SchemaError(
+            f"Signature {signature.key!r} has a non-batched (scalar) input, run row by row, and "
+            f"sparse input(s) {[p.key for p in plans if p.sparse]}, which are fed a batch of "
+            "rows: beam-v1 cannot feed both from columns."
+        )
 
     output_specs, output_types = _plan_outputs(
         signature, outputs, fixed_batch, row_by_row, output_shapes or {}
@@ -252,6 +271,32 @@ def make_plan(
         fixed_batch=fixed_batch,
         row_by_row=row_by_row,
     )
+
+
+def _plan_sparse(key: str, column: str, spec: TensorSpec, column_type: pa.DataType):
+    """(InputPlan, None) if `column_type` can feed the 2-D coo_sparse input, else (None, why)."""
+    accepted = (
+        "a sparse input takes a list column (list, large_list, fixed_size_list: one list of "
+        "values per row, null = no value) or a scalar column (one value per row, null = none)"
+    )
+    if spec.shape is not None and len(spec.shape) != 2:
+        return None, (
+            f"input {key!r} is a coo_sparse tensor of shape {spec.shape_str()}; only 2-D sparse "
+            "inputs ([batch, values]) can be fed from a column"
+        )
+    leaf, depth = _leaf_type(column_type)
+    # a column of type null (all rows without a value) feeds an empty sparse tensor
+    if not pa.types.is_null(leaf) and not _can_feed(leaf, tensor_numpy_dtype(spec)):
+        return None, (
+            f"column {column!r} has type {column_type}, which does not cast safely to sparse "
+            f"input {key!r} ({spec.dtype}); {accepted}"
+        )
+    if depth > 1:
+        return None, (
+            f"column {column!r} ({column_type}, list depth {depth}) cannot feed sparse input "
+            f"{key!r} of shape {spec.shape_str()}: {accepted}"
+        )
+    return InputPlan(key=key, column=column, spec=spec, depth=depth), None
 
 
 def _depth_fits(shape: tuple[int, ...] | None, depth: int) -> bool:
@@ -314,11 +359,82 @@ def _describe_schema(schema: pa.Schema) -> str:
 # ------------------------------------------------------------------------ feeds
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class SparseFeed:
+    """Rows of a 2-D COO sparse input: row r holds `values[splits[r]:splits[r + 1]]` in
+    columns 0, 1, ... . `indices` and `dense_shape` are derived from the splits (no loop per
+    row), so `predict` takes it like a SparseTensorValue. Indexing by rows (a slice, an index
+    array or a boolean mask) gives the SparseFeed of those rows, as for an ndarray feed."""
+
+    values: np.ndarray  # [N], already of the input's dtype
+    splits: np.ndarray  # int64 [rows + 1], splits[0] == 0 and splits[-1] == N
+    width: int | None = None  # the input's fixed second dimension; None: the longest row
+
+    @classmethod
+    def from_lengths(cls, values: np.ndarray, lengths: np.ndarray, width: int | None = None):
+        splits = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=splits[1:])
+        return cls(values, splits, width)
+
+    def __len__(self) -> int:
+        return len(self.splits) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.splits)
+
+    @property
+    def indices(self) -> np.ndarray:
+        lengths = self.lengths
+        rows = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+        cols = np.arange(len(self.values), dtype=np.int64) - np.repeat(self.splits[:-1], lengths)
+        return np.column_stack([rows, cols])
+
+    @property
+    def dense_shape(self) -> np.ndarray:
+        n = len(self)
+        width = self.width
+        if width is None:
+            width = int(self.lengths.max()) if n else 0
+        return np.array([n, width], dtype=np.int64)
+
+    def __getitem__(self, key) -> SparseFeed:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step == 1:
+                stop = max(start, stop)
+                first, last = self.splits[start], self.splits[stop]
+                return SparseFeed(
+                    self.values[first:last], self.splits[start : stop + 1] - first, self.width
+                )
+            key = np.arange(start, stop, step)
+        rows = np.asarray(key)
+        if rows.dtype == np.bool_:
+            rows = np.flatnonzero(rows)
+        if rows.ndim != 1 or rows.dtype.kind not in "iu":
+            raise TypeError("a SparseFeed is indexed by rows: a slice, an index array or a mask")
+        starts = self.splits[rows]
+        lengths = self.splits[rows + 1] - starts
+        splits = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=splits[1:])
+        gather = np.repeat(starts - splits[:-1], lengths) + np.arange(splits[-1], dtype=np.int64)
+        return SparseFeed(self.values[gather], splits, self.width)
+
+    def __repr__(self) -> str:
+        return (
+            f"SparseFeed(rows={len(self)}, values={len(self.values)} x {self.values.dtype}, "
+            f"dense_shape={self.dense_shape.tolist()})"
+        )
+
+
+Feed = np.ndarray | SparseFeed
+
+
 @dataclasses.dataclass
 class Feeds:
     """A batch converted for the session: groups of rows with equal shapes, and bad rows."""
 
-    groups: list[tuple[np.ndarray, dict[str, np.ndarray]]]  # (row indices, {input key: array})
+    groups: list[tuple[np.ndarray, dict[str, Feed]]]  # (row indices, {input key: feed})
     bad_rows: np.ndarray  # int64 indices into the batch
     bad_reasons: list[str]
 
@@ -443,6 +559,9 @@ def to_feeds(batch: pa.Table | pa.RecordBatch, plan: FeedPlan) -> Feeds:
     for inp in plan.inputs:
         arr = _as_array(batch.column(inp.column))
         arrays[inp.key] = arr
+        if inp.sparse:  # one feed for every row: no shape to group rows by
+            _note_sparse(reasons, bad, arr, inp)
+            continue
         dims, codes = _row_shapes(arr)
         expected = _expected_row_shape(inp)
         wrong = np.zeros(n, dtype=bool)
@@ -513,6 +632,50 @@ def _note(reasons, bad, codes, inp: InputPlan, wrong, dims, expected) -> None:
             bad[r] = True
 
 
+def _sparse_parts(arr: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """(values per row, the values of every row in order) of a list or scalar column."""
+    if _is_list_type(arr.type):
+        lengths = _list_lengths(arr)
+        if arr.null_count:  # a null list is a row with no value
+            lengths = np.where(np.asarray(arr.is_null()), 0, lengths)
+        return lengths, arr.flatten()  # slice offset and values under null lists dropped
+    if arr.null_count:  # a null scalar is a row with no value
+        return np.asarray(arr.is_valid()).astype(np.int64), arr.drop_null()
+    return np.ones(len(arr), dtype=np.int64), arr
+
+
+def _sparse_width(inp: InputPlan) -> int | None:
+    shape = inp.spec.shape
+    return shape[1] if shape is not None and shape[1] >= 0 else None
+
+
+def _note_sparse(reasons, bad, arr: pa.Array, inp: InputPlan) -> None:
+    """Rows a sparse input cannot take: a null inside a list, more values than its width."""
+    width = _sparse_width(inp)
+    if not inp.depth and (width is None or width >= 1):
+        return  # a scalar column: each row holds no value or one
+    lengths, values = _sparse_parts(arr)
+    marks = []
+    if values.null_count:
+        marks.append((
+            _segment_any(np.asarray(values.is_null()), lengths),
+            f"column {inp.column!r} holds a null value inside a list (sparse input {inp.key!r} "
+            "takes no null values; a null list is a row with no value)",
+        ))
+    if width is not None:
+        marks.append((
+            lengths > width,
+            f"column {inp.column!r} has more than {width} value(s) in a row where sparse input "
+            f"{inp.key!r} (shape {inp.spec.shape_str()}) holds at most {width}",
+        ))
+    for mask, text in marks:
+        for r in np.flatnonzero(mask):
+            r = int(r)
+            if r not in reasons:
+                reasons[r] = text
+                bad[r] = True
+
+
 def _group_feeds(arrays, plan: FeedPlan, rows: np.ndarray, n: int):
     feeds = {}
     overflow = None
@@ -522,18 +685,27 @@ def _group_feeds(arrays, plan: FeedPlan, rows: np.ndarray, n: int):
         if not take_all:
             arr = arr.take(pa.array(rows))
         target = tensor_numpy_dtype(inp.spec)
-        leaf = _leaf_values(arr)
+        if inp.sparse:
+            lengths, leaf = _sparse_parts(arr)
+        else:
+            leaf = _leaf_values(arr)
         raw = _to_numpy(leaf)
         mask = _out_of_range(raw, target)
         if mask is not None and mask.any() and len(rows):
-            row_mask = mask.reshape(len(rows), -1).any(axis=1)
+            if inp.sparse:
+                row_mask = _segment_any(mask, lengths)
+            else:
+                row_mask = mask.reshape(len(rows), -1).any(axis=1)
             overflow = row_mask if overflow is None else overflow | row_mask
         if raw.dtype == target or target.kind == "O":
             values = raw
         else:
             with np.errstate(over="ignore", invalid="ignore"):  # out-of-range rows are set aside
                 values = raw.astype(target)
-        feeds[inp.key] = values.reshape(_feed_shape(inp, arr, len(rows)))
+        if inp.sparse:
+            feeds[inp.key] = SparseFeed.from_lengths(values, lengths, _sparse_width(inp))
+        else:
+            feeds[inp.key] = values.reshape(_feed_shape(inp, arr, len(rows)))
     return feeds, overflow
 
 

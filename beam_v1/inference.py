@@ -2,6 +2,8 @@
 
 Bad values are set aside before the run by `columns.to_feeds`; when the session fails
 on a batch, the batch is bisected until the failing rows are found and the rest scored.
+Feeds are sliced by rows (`v[start:stop]`, `v[index_array]`): ndarrays, and
+`columns.SparseFeed` for sparse inputs, which re-derives its indices and dense_shape.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ class BatchScorer:
             part = {k: v[start:stop] for k, v in feeds.items()}
             yield from self._run_or_bisect(part, stop - start, failures, rows, offset + start)
 
-    def _run(self, feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    def _run(self, feeds: dict[str, columns.Feed], n: int) -> dict[str, np.ndarray]:
         if self.plan.row_by_row:
             per_row = [self._predict({k: v[i] for k, v in feeds.items()}) for i in range(n)]
             return {k: np.stack([r[k] for r in per_row]) for k in self._outputs}
@@ -111,15 +113,13 @@ class BatchScorer:
             chunk = {k: v[start : start + size] for k, v in feeds.items()}
             rows = min(size, n - start)
             if rows < size:  # pad to the fixed batch with copies of the last row
-                chunk = {
-                    k: np.concatenate([v, np.repeat(v[-1:], size - rows, 0)])
-                    for k, v in chunk.items()
-                }
+                pad = np.concatenate([np.arange(rows), np.full(size - rows, rows - 1)])
+                chunk = {k: v[pad] for k, v in chunk.items()}
             out = self._predict(chunk)
             chunks.append({k: v[:rows] for k, v in out.items()})
         return {k: np.concatenate([c[k] for c in chunks]) for k in self._outputs}
 
-    def _predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _predict(self, feeds: dict[str, columns.Feed]) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         try:
             return self.model.predict(feeds, outputs=self._outputs, signature=self._signature)

@@ -306,3 +306,37 @@ BUILDERS: dict[str, Callable[..., str]] = {
     "partitioned": build_partitioned,
     "ref_and_resource": build_ref_and_resource,
 }
+
+
+def build_sparse_input(path):
+    """sp (float32 sparse [-1,-1]), words (string sparse [-1,-1]), x (float32 [-1]) ->
+    per row: sp_sum (sum of sp's values), sp_weighted (sum of value * (column index + 1)),
+    sp_count (int64, values in the row), word_hits (int64, words equal to b"x"),
+    y = x + sp_sum. Every output is [-1]. Inputs are `tf.compat.v1.sparse_placeholder`s, so
+    the signature lists them as coo_sparse (indices, values, dense_shape). A NaN or inf in
+    sp's values fails the run (CheckNumerics): a model error on that row."""
+
+    def make():
+        sp = v1.sparse_placeholder(tf.float32, [None, None], name="sp")
+        words = v1.sparse_placeholder(tf.string, [None, None], name="words")
+        x = v1.placeholder(tf.float32, [None], name="x")
+
+        def per_row(values, like):
+            total = tf.sparse.reduce_sum(
+                tf.SparseTensor(like.indices, values, like.dense_shape), axis=1
+            )
+            return tf.reshape(total, [-1])
+
+        values = v1.debugging.check_numerics(sp.values, "sp holds a NaN or inf")
+        sp_sum = tf.identity(per_row(values, sp), name="sp_sum")
+        column = tf.cast(sp.indices[:, 1] + 1, tf.float32)
+        sp_weighted = tf.identity(per_row(values * column, sp), name="sp_weighted")
+        sp_count = tf.identity(per_row(tf.ones_like(sp.indices[:, 0]), sp), name="sp_count")
+        hits = tf.cast(tf.equal(words.values, "x"), tf.int64)
+        word_hits = tf.identity(per_row(hits, words), name="word_hits")
+        y = tf.add(x, sp_sum, name="y")
+        outputs = {"sp_sum": sp_sum, "sp_weighted": sp_weighted, "sp_count": sp_count,
+                   "word_hits": word_hits, "y": y}
+        return {"serving_default": _predict({"sp": sp, "words": words, "x": x}, outputs)}, None
+
+    return _build(path, make)
