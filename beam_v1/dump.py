@@ -4,34 +4,38 @@
                          \\-> failed: {"model", "error"}
     records --WriteVariables(prefix, "parquet"|"npz", failed=...)--> PREFIX-<model>.parquet|.npz
 
-The sink stages each record's bytes to a temporary file, groups the small metadata by model,
-then writes each model's file in one go, joining slices again. So a model that failed part
-way (a corrupt shard found on its 3rd variable) leaves no output file, and neither a Beam
-element nor a worker holds more than one slice. Checkpoint reading lives in
-`beam_v1.variables` (no Beam there).
+The sink appends each record to a per-(model, bundle) part file in a temporary folder as it
+arrives, closes the parts at the end of the bundle, groups their small descriptors (never the
+data) by model, then makes each model's file: the part is renamed into place when it holds the
+whole model (the usual case: reading and writing run fused in one bundle), else the parts are
+joined. So the data is written once in the usual case, a model that failed part way (a
+corrupt shard found on its 3rd variable) leaves no output file, and neither a Beam element nor
+a worker holds more than a slice or two. Checkpoint reading lives in `beam_v1.variables`, the
+part and final files in `beam_v1.dump_files` (no Beam in either).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
+import pickle
 import re
 import sys
 import time
 import uuid
-import zipfile
 from collections.abc import Sequence
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.coders import coder_impl
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
-from beam_v1 import savedmodel, staging, variables
-from beam_v1.errors import BeamV1Error, ModelFileError
+from beam_v1 import dump_files, savedmodel, staging, variables
+from beam_v1.errors import BeamV1Error
 
 _log = logging.getLogger(__name__)
 
@@ -39,8 +43,6 @@ NAMESPACE = "beam_v1"
 VARIABLES = "variables"
 FAILED = "failed"
 FORMATS = ("parquet", "npz")
-_PARQUET_GROUP_BYTES = 8 << 20
-_PARQUET_BIG_ROW = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +65,46 @@ class VariableRecord:
     @property
     def nbytes(self) -> int:
         return int(self.value.nbytes) if self.dtype != "string" else 0
+
+    def meta(self) -> dump_files.RecordMeta:
+        """The record without its value."""
+        return dump_files.RecordMeta(
+            name=self.name,
+            dtype=self.dtype,
+            shape=tuple(self.shape),
+            kind=self.kind,
+            trainable=self.trainable,
+            order=self.order,
+            slice_index=self.slice_index,
+            num_slices=self.num_slices,
+            row_start=self.row_start,
+            row_stop=self.row_stop,
+            nbytes=self.nbytes,
+        )
+
+
+def _record_size(record) -> int:
+    value = getattr(record, "value", None)
+    return 256 + (int(value.nbytes) if isinstance(value, np.ndarray) else 0)
+
+
+class VariableRecordCoder(beam.coders.Coder):
+    """Pickle (protocol 5) to encode, as the default coder would; but the size Beam samples
+    on every output is estimated from the array instead of pickling a 64 MiB slice."""
+
+    def _create_impl(self):
+        return coder_impl.CallbackCoderImpl(
+            lambda r: pickle.dumps(r, protocol=5), pickle.loads, _record_size
+        )
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def to_type_hint(self):
+        return VariableRecord
+
+
+beam.coders.registry.register_coder(VariableRecord, VariableRecordCoder)
 
 
 # --------------------------------------------------------------------- reading
@@ -102,34 +144,38 @@ class _DumpModelDoFn(beam.DoFn):
             return
         last = time.monotonic()
         done_bytes = 0
-        for order, spec in enumerate(specs):
-            try:
-                for piece in reader.slices(spec, self.slice_bytes):
-                    record = VariableRecord(
-                        model=path,
-                        name=spec.name,
-                        dtype=spec.dtype,
-                        shape=tuple(spec.shape),
-                        kind=spec.kind,
-                        trainable=spec.trainable,
-                        order=order,
-                        slice_index=piece.index,
-                        num_slices=piece.count,
-                        row_start=piece.row_start,
-                        row_stop=piece.row_stop,
-                        value=piece.value,
-                    )
-                    done_bytes += record.nbytes
-                    self.slices.inc()
-                    self.bytes.inc(record.nbytes)
-                    yield record
-            except Exception as e:
+        pieces = variables.read_ahead(variables.iter_slices(reader, specs, self.slice_bytes))
+        for order, spec, piece in pieces:
+            if isinstance(piece, Exception):
                 self.failed.inc()
                 yield beam.pvalue.TaggedOutput(
                     FAILED,
-                    {"model": path, "error": _reason(e), "variables_read": order},
+                    {"model": path, "error": _reason(piece), "variables_read": order},
                 )
                 return
+            record = VariableRecord(
+                model=path,
+                name=spec.name,
+                dtype=spec.dtype,
+                shape=tuple(spec.shape),
+                kind=spec.kind,
+                trainable=spec.trainable,
+                order=order,
+                slice_index=piece.index,
+                num_slices=piece.count,
+                row_start=piece.row_start,
+                row_stop=piece.row_stop,
+                value=piece.value,
+            )
+            last_slice = piece.index == piece.count - 1
+            del piece
+            done_bytes += record.nbytes
+            self.slices.inc()
+            self.bytes.inc(record.nbytes)
+            yield record
+            del record
+            if not last_slice:
+                continue
             self.variables.inc()
             if self.progress_seconds and time.monotonic() - last > self.progress_seconds:
                 last = time.monotonic()
@@ -174,7 +220,9 @@ class DumpVariables(beam.PTransform):
             | "ReadCheckpoints"
             >> beam.ParDo(
                 _DumpModelDoFn(self.tags, self.parts, self.slice_bytes, self.progress_seconds)
-            ).with_outputs(FAILED, main=VARIABLES)
+            )
+            .with_output_types(VariableRecord)
+            .with_outputs(FAILED, main=VARIABLES)
         )
 
 
@@ -193,237 +241,83 @@ def output_path(prefix: str, model: str, fmt: str) -> str:
     return f"{prefix}-{model_slug(model)}.{fmt}"
 
 
-class _StageRecordDoFn(beam.DoFn):
-    """Write a record's bytes to a temporary file; pass on its metadata, keyed by model."""
+class _WritePartsDoFn(beam.DoFn):
+    """Append each record to its model's part file for this bundle, as it arrives (no record
+    is kept); at the end of the bundle close the parts and pass on their descriptors."""
 
-    def __init__(self, tmp_dir: str):
+    def __init__(self, tmp_dir: str, fmt: str):
         self.tmp_dir = tmp_dir
+        self.fmt = fmt
+        self._writers: dict[str, dump_files.PartWriter] = {}
+
+    def start_bundle(self):
+        self._writers = {}
 
     def process(self, record: VariableRecord):
-        path = FileSystems.join(
-            self.tmp_dir,
-            model_slug(record.model),
-            f"{record.order:06d}-{record.slice_index:06d}.bin",
-        )
-        with _create(path) as out:
-            if record.dtype == "string":
-                out.write(variables.to_bytes(record.value, "string"))
-            else:
-                value = np.ascontiguousarray(record.value)
-                if value.dtype.byteorder == ">":
-                    value = value.astype(value.dtype.newbyteorder("<"))
-                out.write(memoryview(value.reshape(-1)).cast("B"))
-        meta = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
-        meta.pop("value")
-        meta["staged"] = path
-        yield record.model, meta
+        writer = self._writers.get(record.model)
+        try:
+            if writer is None:
+                folder = FileSystems.join(self.tmp_dir, model_slug(record.model))
+                writer = dump_files.part_writer(folder, record.model, self.fmt)
+                self._writers[record.model] = writer
+            writer.append(record.meta(), record.value)
+        except Exception:
+            self._abort()
+            raise
+
+    def finish_bundle(self):
+        writers, self._writers = self._writers, {}
+        try:
+            infos = [w.close() for w in writers.values()]
+        except Exception:
+            for w in writers.values():
+                w.abort()
+            raise
+        for info in infos:
+            yield GlobalWindows.windowed_value((info.model, info))
+
+    def _abort(self):
+        writers, self._writers = self._writers, {}
+        for w in writers.values():
+            w.abort()
+
+    def teardown(self):
+        self._abort()
 
 
-def _create(path: str, arrow: bool = False):
-    """A binary file to write: a plain local file where possible (faster than Beam's, and
-    Arrow's own for Parquet: no extra buffer through Python)."""
-    if staging.is_remote(path):
-        return FileSystems.create(path, compression_type="uncompressed")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if arrow:
-        import pyarrow as pa
-
-        return pa.OSFile(path, "wb")
-    return open(path, "wb")
-
-
-def _read_staged(path: str) -> bytes:
-    with FileSystems.open(path, compression_type="uncompressed") as f:
-        return f.read()
-
-
-def _copy_staged(path: str, out) -> None:
-    with FileSystems.open(path, compression_type="uncompressed") as f:
-        while chunk := f.read(16 << 20):
-            out.write(chunk)
-
-
-class _WriteModelDoFn(beam.DoFn):
-    """All staged records of one model -> its .parquet or .npz file (slices joined)."""
+class _FinalizeModelDoFn(beam.DoFn):
+    """All part descriptors of one model -> its final file: the part renamed into place when
+    it holds the whole model, else the parts joined. A failed model's parts are deleted."""
 
     def __init__(self, prefix: str, fmt: str):
         self.prefix = prefix
         self.fmt = fmt
         self.files = Metrics.counter(NAMESPACE, "dump_files_written")
+        self.joined = Metrics.counter(NAMESPACE, "dump_files_joined")
 
-    def process(self, element, failed_models):
-        model, metas = element
-        metas = sorted(metas, key=lambda m: (m["order"], m["slice_index"]))
-        staged = [m["staged"] for m in metas]
-        try:
-            if model in set(failed_models):
-                return  # the model failed part way: no output file for it
-            _check_complete(model, metas)
-            final = output_path(self.prefix, model, self.fmt)
-            temp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-            with _create(temp, arrow=self.fmt == "parquet") as out:
-                if self.fmt == "npz":
-                    _write_npz(out, metas)
-                else:
-                    _write_parquet(out, model, metas)
-            FileSystems.rename([temp], [final])
-        finally:
-            FileSystems.delete(staged)
+    def process(self, element, failed):
+        model, parts = element
+        parts = list(parts)
+        if model in {f["model"] for f in failed}:
+            dump_files.delete_files([p.path for p in parts])
+            return  # the model failed part way: no output file for it
+        final = output_path(self.prefix, model, self.fmt)
+        how = dump_files.finalize(final, parts)
         self.files.inc()
-        names = {m["name"] for m in metas}
+        if how == "joined":
+            self.joined.inc()
+        records = [m for p in parts for m in p.records]
         yield {
             "model": model,
             "file": final,
-            "variables": len(names),
-            "records": len(metas),
-            "bytes": sum(_record_bytes(m) for m in metas),
+            "variables": len({m.name for m in records}),
+            "records": len(records),
+            "bytes": sum(m.nbytes for m in records if m.dtype != "string"),
+            "parts": len(parts),
         }
 
 
-def _record_bytes(meta) -> int:
-    rows = meta["row_stop"] - meta["row_start"]
-    if meta["dtype"] == "string":
-        return 0
-    per_row = int(np.prod(meta["shape"][1:], dtype=np.int64)) if meta["shape"] else 1
-    count = rows * per_row if meta["shape"] else 1
-    return count * variables.numpy_dtype(meta["dtype"]).itemsize
-
-
-def _check_complete(model: str, metas) -> None:
-    seen: dict[str, list[int]] = {}
-    for m in metas:
-        seen.setdefault(m["name"], []).append(m["slice_index"])
-    for m in metas:
-        if sorted(seen[m["name"]]) != list(range(m["num_slices"])):
-            raise ModelFileError(
-                f"Model {model}: variable {m['name']!r} has slices {sorted(seen[m['name']])} of "
-                f"{m['num_slices']}."
-            )
-
-
-def _write_npz(out, metas) -> None:
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        by_name: dict[str, list] = {}
-        for m in metas:
-            by_name.setdefault(m["name"], []).append(m)
-        for name, pieces in by_name.items():
-            first = pieces[0]
-            shape = tuple(first["shape"])
-            if first["dtype"] == "string":
-                value = variables.from_bytes(_read_staged(first["staged"]), "string", shape)
-                if any(v.endswith(b"\x00") for v in value.reshape(-1)):
-                    raise ModelFileError(
-                        f"String variable {name!r} has values ending in NUL bytes, which .npz "
-                        "cannot keep exactly; dump it with --format parquet."
-                    )
-                with zf.open(name + ".npy", "w", force_zip64=True) as f:
-                    np.lib.format.write_array(f, value.astype(bytes), allow_pickle=False)
-                continue
-            dtype = variables.numpy_dtype(first["dtype"]).newbyteorder("<")
-            header = {
-                "descr": np.lib.format.dtype_to_descr(dtype),
-                "fortran_order": False,
-                "shape": shape,
-            }
-            with zf.open(name + ".npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array_header_1_0(f, header)
-                for piece in pieces:
-                    _copy_staged(piece["staged"], f)
-
-
-def parquet_schema():
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("model", pa.string()),
-            ("name", pa.string()),
-            ("dtype", pa.string()),
-            ("shape", pa.list_(pa.int64())),
-            ("kind", pa.string()),
-            ("trainable", pa.bool_()),
-            ("slice_index", pa.int32()),
-            ("num_slices", pa.int32()),
-            ("row_start", pa.int64()),
-            ("row_stop", pa.int64()),
-            ("nbytes", pa.int64()),
-            ("data", pa.large_binary()),  # lossless: little-endian C-order bytes
-            ("values", pa.list_(pa.float64())),  # small float variables only, else null
-        ]
-    )
-
-
-def _parquet_row(model: str, m: dict, data: bytes) -> dict:
-    values = None
-    if (
-        m["dtype"] in variables._FLOAT_DTYPES
-        and m["num_slices"] == 1
-        and len(data) <= variables.SMALL_VALUES_BYTES
-    ):
-        values = variables.from_bytes(data, m["dtype"], (-1,)).astype(np.float64).tolist()
-    return {
-        "model": model,
-        "name": m["name"],
-        "dtype": m["dtype"],
-        "shape": list(m["shape"]),
-        "kind": m["kind"],
-        "trainable": m["trainable"],
-        "slice_index": m["slice_index"],
-        "num_slices": m["num_slices"],
-        "row_start": m["row_start"],
-        "row_stop": m["row_stop"],
-        "nbytes": len(data),
-        "data": data,
-        "values": values,
-    }
-
-
-def _write_parquet(out, model: str, metas) -> None:
-    """Small records batched into row groups of up to 8 MiB; a bigger one is its own row group,
-    its bytes handed to Arrow without a copy. No compression: weights barely compress."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = parquet_schema()
-    rows: list[dict] = []
-    size = 0
-    small_columns = [f.name for f in schema if f.name not in ("data", "values")]
-    with pq.ParquetWriter(
-        out,
-        schema,
-        compression="none",
-        use_dictionary=["model", "name", "dtype", "kind"],  # never hash the weights' bytes
-        write_statistics=small_columns,  # nor copy them into min/max statistics
-    ) as writer:
-
-        def flush():
-            nonlocal rows, size
-            if rows:
-                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-                rows, size = [], 0
-
-        for m in metas:
-            data = _read_staged(m["staged"])
-            if len(data) > _PARQUET_BIG_ROW:
-                flush()
-                row = _parquet_row(model, m, b"")
-                columns = [pa.array([row[f.name]], f.type) for f in schema]
-                offsets = pa.py_buffer(np.array([0, len(data)], np.int64))
-                columns[schema.get_field_index("data")] = pa.LargeBinaryArray.from_buffers(
-                    pa.large_binary(), 1, [None, offsets, pa.py_buffer(data)]
-                )
-                columns[schema.get_field_index("nbytes")] = pa.array([len(data)], pa.int64())
-                writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-                del columns, data
-                continue
-            if size + len(data) > _PARQUET_GROUP_BYTES:
-                flush()
-            rows.append(_parquet_row(model, m, data))
-            size += len(data)
-        flush()
-
-
-def _delete_dir(_, tmp_dir: str) -> None:
+def _delete_dir(tmp_dir: str) -> None:
     try:
         if FileSystems.exists(tmp_dir):
             FileSystems.delete([tmp_dir])
@@ -431,12 +325,35 @@ def _delete_dir(_, tmp_dir: str) -> None:
         _log.warning("Could not delete the temporary folder %s: %s", tmp_dir, e)
 
 
+class _ReportDoFn(beam.DoFn):
+    """Once every model is finalized: `PREFIX-manifest.jsonl` (the files written) and
+    `PREFIX-failed.jsonl` (the models that failed), then the temporary folder goes."""
+
+    def __init__(self, prefix: str, tmp_dir: str):
+        self.prefix = prefix
+        self.tmp_dir = tmp_dir
+
+    def process(self, element, failed):
+        _, rows = element
+        written = sorted((r for r in rows if r is not None), key=lambda r: r["file"])
+        failed = sorted(failed, key=lambda f: f["model"])
+        dump_files.write_jsonl(self.prefix + "-manifest.jsonl", written)
+        dump_files.write_jsonl(self.prefix + "-failed.jsonl", failed)
+        _delete_dir(self.tmp_dir)
+        return []
+
+
 class WriteVariables(beam.PTransform):
     """VariableRecords -> one `PREFIX-<model>.parquet` or `.npz` per model, slices joined.
 
     `failed`: DumpVariables' failed output; those models get no file, and are listed in
     `PREFIX-failed.jsonl`. Every written file is listed in `PREFIX-manifest.jsonl` (model,
-    file, variables, bytes). Returns the PCollection of those manifest rows.
+    file, variables, records, bytes, parts). Returns the PCollection of those manifest rows.
+
+    Each model's file appears (by a rename) only once all its records are in it: a model
+    that failed part way, or a pipeline that failed, leaves no file for that model. The
+    records are appended to part files as they arrive and written once in the usual case
+    (see the module docstring).
     """
 
     def __init__(self, prefix: str, format: str = "parquet", failed=None):
@@ -448,40 +365,27 @@ class WriteVariables(beam.PTransform):
         self.failed = failed
 
     def expand(self, records):
+        pipeline = records.pipeline
         tmp_dir = f"{self.prefix}-tmp-{uuid.uuid4().hex[:12]}"
         failed = self.failed
         if failed is None:
-            failed = records.pipeline | "NoFailures" >> beam.Create([])
-        failed_models = failed | "FailedModels" >> beam.Map(lambda f: f["model"])
+            failed = pipeline | "NoFailures" >> beam.Create([])
+        failed_list = beam.pvalue.AsList(failed)
         written = (
             records
-            | "Stage" >> beam.ParDo(_StageRecordDoFn(tmp_dir))
+            | "WriteParts" >> beam.ParDo(_WritePartsDoFn(tmp_dir, self.format))
             | "ByModel" >> beam.GroupByKey()
-            | "WriteModels"
-            >> beam.ParDo(
-                _WriteModelDoFn(self.prefix, self.format), beam.pvalue.AsList(failed_models)
-            )
+            | "Finalize" >> beam.ParDo(_FinalizeModelDoFn(self.prefix, self.format), failed_list)
         )
+        # one element even when nothing was written, so the report and clean-up always run
         _ = (
-            written
-            | "ManifestJson" >> beam.Map(json.dumps)
-            | "Manifest"
-            >> beam.io.WriteToText(
-                self.prefix + "-manifest", file_name_suffix=".jsonl", shard_name_template=""
+            (
+                written | "KeyRows" >> beam.Map(lambda row: (None, row)),
+                pipeline | "Always" >> beam.Create([(None, None)]),
             )
-        )
-        _ = (
-            failed
-            | "FailedJson" >> beam.Map(json.dumps)
-            | "FailedList"
-            >> beam.io.WriteToText(
-                self.prefix + "-failed", file_name_suffix=".jsonl", shard_name_template=""
-            )
-        )
-        _ = (
-            written
-            | "CountWritten" >> beam.combiners.Count.Globally()
-            | "Cleanup" >> beam.Map(_delete_dir, tmp_dir)
+            | "Rows" >> beam.Flatten()
+            | "AllRows" >> beam.GroupByKey()
+            | "Report" >> beam.ParDo(_ReportDoFn(self.prefix, tmp_dir), failed_list)
         )
         return written
 

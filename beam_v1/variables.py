@@ -446,6 +446,64 @@ class CheckpointReader:
             yield Slice(i, count, start, stop, self.read_rows(spec, start, stop))
 
 
+def iter_slices(
+    reader: CheckpointReader, specs: Sequence[VariableSpec], slice_bytes: int
+) -> Iterator[tuple[int, VariableSpec, Slice | Exception]]:
+    """(position, spec, slice) for every slice of every variable, in order. A variable that
+    cannot be read gives (position, spec, the exception) and ends the iteration."""
+    for order, spec in enumerate(specs):
+        try:
+            for piece in reader.slices(spec, slice_bytes):
+                yield order, spec, piece
+        except Exception as e:
+            yield order, spec, e
+            return
+
+
+def read_ahead(items: Iterator, *, name: str = "beam_v1-read-ahead") -> Iterator:
+    """The items of `items`, each produced in a thread while the caller works on the one
+    before (file reads release the GIL, so reading overlaps the caller's writing). At most
+    two items exist at once: the caller's and the one being made. Closing the generator
+    stops the thread after its current item; an exception is re-raised to the caller."""
+    import queue
+    import threading
+
+    turn = threading.Semaphore(1)
+    out: queue.SimpleQueue = queue.SimpleQueue()
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in items:
+                out.put((True, item))
+                del item
+                turn.acquire()
+                if stop.is_set():
+                    return
+            out.put((True, done))
+        except BaseException as e:  # handed to the caller
+            out.put((False, e))
+
+    turn.acquire()  # the first item is made at once; each next one once the caller took one
+    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = out.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            turn.release()
+            yield item
+            del item
+    finally:
+        stop.set()
+        turn.release()
+        thread.join()
+
+
 def slice_plan(spec: VariableSpec, slice_bytes: int) -> tuple[int, int]:
     """(number of slices, rows per slice) for `spec`."""
     if spec.dtype == "string" or not spec.shape or spec.shape[0] <= 1 or spec.nbytes <= slice_bytes:

@@ -1,0 +1,509 @@
+"""The dump's files: per-bundle part files written as records arrive, and the final file.
+
+A part holds some records of ONE model, appended as they arrive (a Parquet row group per big
+record, small ones batched; in an npz, each run of consecutive slices of a variable streamed
+into one member). Closing a part gives a small descriptor (what it holds, never the data).
+`finalize` then makes the model's file from all its parts' descriptors: when one part holds
+the whole model (the usual case: reading and writing fused in one bundle) it is renamed into
+place, else the parts are concatenated (Parquet: row groups copied; npz: a variable's slices
+joined). The final name only ever appears by a rename of a complete file, so a model's output
+is all or nothing. No Beam here (`beam_v1.dump` holds the DoFns).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+import zipfile
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from beam_v1 import staging, variables
+from beam_v1.errors import ModelFileError
+
+PARQUET_GROUP_BYTES = 8 << 20  # small records are batched into row groups of about this size
+PARQUET_BIG_ROW = 1 << 20  # a record bigger than this is its own row group, handed over uncopied
+_COPY_CHUNK = 16 << 20
+_SLICE_MEMBER = "~slices~/"  # npz members of partial runs ("~" is never in a TF variable name)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordMeta:
+    """A record without its value: what a part holds."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]  # the whole variable's shape
+    kind: str
+    trainable: bool | None
+    order: int
+    slice_index: int
+    num_slices: int
+    row_start: int
+    row_stop: int
+    nbytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class NpzRun:
+    """Consecutive slices [first, last] of one variable, stored as one member of an npz part."""
+
+    name: str
+    member: str
+    header_bytes: int  # npy header before the data (0 for a raw member)
+    first: int
+    last: int
+    complete: bool  # the member is the variable's final `.npy`: all its slices, with header
+
+
+@dataclasses.dataclass(frozen=True)
+class PartInfo:
+    """What one closed part file holds."""
+
+    model: str
+    fmt: str
+    path: str
+    records: tuple[RecordMeta, ...]
+    runs: tuple[NpzRun, ...] = ()
+
+
+# ------------------------------------------------------------------------ files
+
+
+def _create(path: str, arrow: bool = False):
+    """A binary file to write: a plain local file where possible, Beam's filesystem else."""
+    if staging.is_remote(path):
+        from apache_beam.io.filesystems import FileSystems
+
+        return FileSystems.create(path, compression_type="uncompressed")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if arrow:
+        import pyarrow as pa
+
+        return pa.OSFile(path, "wb")
+    return open(path, "wb")
+
+
+def _open(path: str):
+    if staging.is_remote(path):
+        from apache_beam.io.filesystems import FileSystems
+
+        return FileSystems.open(path, compression_type="uncompressed")
+    return open(path, "rb")
+
+
+def _rename(src: str, dst: str) -> None:
+    if staging.is_remote(src) or staging.is_remote(dst):
+        from apache_beam.io.filesystems import FileSystems
+
+        FileSystems.rename([src], [dst])
+    else:
+        os.replace(src, dst)
+
+
+def delete_files(paths: Iterable[str]) -> None:
+    """Delete files, ignoring those already gone."""
+    for path in paths:
+        try:
+            if staging.is_remote(path):
+                from apache_beam.io.filesystems import FileSystems
+
+                if FileSystems.exists(path):
+                    FileSystems.delete([path])
+            else:
+                os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
+def write_jsonl(path: str, rows: Sequence[dict]) -> None:
+    """One JSON object per line, written to a temporary file then renamed into place."""
+    import json
+
+    temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with _create(temp) as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
+    _rename(temp, path)
+
+
+def value_bytes(value: np.ndarray, dtype: str):
+    """A record's value as lossless bytes, without a copy where possible: little-endian C-order
+    (a memoryview over the array), strings as (u64 length, bytes)*."""
+    if dtype == "string":
+        return variables.to_bytes(value, "string")
+    arr = np.ascontiguousarray(value)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return memoryview(arr.reshape(-1)).cast("B")
+
+
+# ------------------------------------------------------------------------ parts
+
+
+class PartWriter:
+    """Appends one model's records to a new part file in `folder`; `close()` -> PartInfo."""
+
+    def __init__(self, folder: str, model: str, fmt: str):
+        self.model = model
+        self.fmt = fmt
+        self.path = f"{folder.rstrip('/')}/part-{uuid.uuid4().hex}.{fmt}"
+        self.records: list[RecordMeta] = []
+
+    def append(self, meta: RecordMeta, value: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def close(self) -> PartInfo:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Close without a descriptor and delete the part (a failed bundle)."""
+        try:
+            self._close_file()
+        except Exception:  # the file is deleted anyway
+            pass
+        delete_files([self.path])
+
+    def _close_file(self) -> None:
+        raise NotImplementedError
+
+
+class ParquetPartWriter(PartWriter):
+    """Rows as in `parquet_schema`; a big record is its own row group, its bytes not copied."""
+
+    def __init__(self, folder: str, model: str):
+        super().__init__(folder, model, "parquet")
+        self._file = _create(self.path, arrow=True)
+        self._writer = parquet_writer(self._file)
+        self._rows: list[dict] = []
+        self._size = 0
+
+    def append(self, meta: RecordMeta, value: np.ndarray) -> None:
+        import pyarrow as pa
+
+        data = value_bytes(value, meta.dtype)
+        meta = dataclasses.replace(meta, nbytes=len(data))
+        self.records.append(meta)
+        if len(data) > PARQUET_BIG_ROW:
+            self._flush()
+            schema = parquet_schema()
+            row = parquet_row(self.model, meta, None)
+            columns = [pa.array([row[f.name]], f.type) for f in schema]
+            offsets = pa.py_buffer(np.array([0, len(data)], np.int64))
+            columns[schema.get_field_index("data")] = pa.LargeBinaryArray.from_buffers(
+                pa.large_binary(), 1, [None, offsets, pa.py_buffer(data)]
+            )
+            self._writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+            return
+        if self._size + len(data) > PARQUET_GROUP_BYTES:
+            self._flush()
+        self._rows.append(parquet_row(self.model, meta, bytes(data)))
+        self._size += len(data)
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self._rows:
+            self._writer.write_table(pa.Table.from_pylist(self._rows, schema=parquet_schema()))
+            self._rows, self._size = [], 0
+
+    def _close_file(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            self._file.close()
+
+    def close(self) -> PartInfo:
+        self._flush()
+        self._close_file()
+        return PartInfo(self.model, self.fmt, self.path, tuple(self.records))
+
+
+class NpzPartWriter(PartWriter):
+    """Each run of consecutive slices of a variable streamed into one zip member: the
+    variable's `NAME.npy` when the run starts at its first slice, else a raw member."""
+
+    def __init__(self, folder: str, model: str):
+        super().__init__(folder, model, "npz")
+        self._file = _create(self.path)
+        self._zip = zipfile.ZipFile(self._file, "w", zipfile.ZIP_STORED, allowZip64=True)
+        self._runs: list[NpzRun] = []
+        self._open = None  # (member file, NpzRun so far, the variable's number of slices)
+        self._names: set[str] = set()
+
+    def append(self, meta: RecordMeta, value: np.ndarray) -> None:
+        if meta.dtype == "string":
+            self._end_run()
+            self.records.append(dataclasses.replace(meta, nbytes=0))
+            self._write_string(meta, value)
+            return
+        data = value_bytes(value, meta.dtype)
+        meta = dataclasses.replace(meta, nbytes=len(data))
+        self.records.append(meta)
+        run = self._open[1] if self._open else None
+        if run is None or run.name != meta.name or run.last + 1 != meta.slice_index:
+            self._end_run()
+            self._start_run(meta)
+        member, run, count = self._open
+        member.write(data)
+        self._open = (member, dataclasses.replace(run, last=meta.slice_index), count)
+        if meta.slice_index == meta.num_slices - 1:
+            self._end_run()
+
+    def _start_run(self, meta: RecordMeta) -> None:
+        final = meta.name + ".npy"
+        if meta.slice_index == 0 and final not in self._names:
+            member = self._zip.open(final, "w", force_zip64=True)
+            header = npy_header(meta)
+            member.write(header)
+            self._names.add(final)
+            run = NpzRun(meta.name, final, len(header), 0, -1, False)
+        else:
+            name = f"{_SLICE_MEMBER}{meta.name}/{meta.slice_index}-{uuid.uuid4().hex[:8]}"
+            member = self._zip.open(name, "w", force_zip64=True)
+            run = NpzRun(meta.name, name, 0, meta.slice_index, meta.slice_index - 1, False)
+        self._open = (member, run, meta.num_slices)
+
+    def _end_run(self) -> None:
+        if self._open is None:
+            return
+        member, run, num_slices = self._open
+        self._open = None
+        member.close()
+        complete = run.header_bytes > 0 and run.first == 0 and run.last == num_slices - 1
+        self._runs.append(dataclasses.replace(run, complete=complete))
+
+    def _write_string(self, meta: RecordMeta, value: np.ndarray) -> None:
+        value = np.asarray(value, dtype=object).reshape(tuple(meta.shape))
+        items = [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in value.reshape(-1)]
+        if any(v.endswith(b"\x00") for v in items):
+            raise ModelFileError(
+                f"String variable {meta.name!r} has values ending in NUL bytes, which .npz "
+                "cannot keep exactly; dump it with --format parquet."
+            )
+        array = np.array(items, dtype=bytes).reshape(value.shape) if items else value.astype(bytes)
+        name = meta.name + ".npy"
+        with self._zip.open(name, "w", force_zip64=True) as f:
+            np.lib.format.write_array(f, array, allow_pickle=False)
+        self._names.add(name)
+        self._runs.append(NpzRun(meta.name, name, 0, 0, 0, True))
+
+    def _close_file(self) -> None:
+        try:
+            if self._open is not None:
+                self._open[0].close()
+                self._open = None
+            self._zip.close()
+        finally:
+            self._file.close()
+
+    def close(self) -> PartInfo:
+        self._end_run()
+        self._close_file()
+        return PartInfo(self.model, self.fmt, self.path, tuple(self.records), tuple(self._runs))
+
+
+def part_writer(folder: str, model: str, fmt: str) -> PartWriter:
+    """A new part of `model` in `folder`, for format `parquet` or `npz`."""
+    return (ParquetPartWriter if fmt == "parquet" else NpzPartWriter)(folder, model)
+
+
+# --------------------------------------------------------------------- parquet
+
+
+def parquet_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("model", pa.string()),
+            ("name", pa.string()),
+            ("dtype", pa.string()),
+            ("shape", pa.list_(pa.int64())),
+            ("kind", pa.string()),
+            ("trainable", pa.bool_()),
+            ("slice_index", pa.int32()),
+            ("num_slices", pa.int32()),
+            ("row_start", pa.int64()),
+            ("row_stop", pa.int64()),
+            ("nbytes", pa.int64()),
+            ("data", pa.large_binary()),  # lossless: little-endian C-order bytes
+            ("values", pa.list_(pa.float64())),  # small float variables only, else null
+        ]
+    )
+
+
+def parquet_writer(sink):
+    """No compression (weights barely compress), no dictionary nor statistics for the weights'
+    bytes (pyarrow's defaults hash them and copy them into min/max statistics)."""
+    import pyarrow.parquet as pq
+
+    schema = parquet_schema()
+    small = [f.name for f in schema if f.name not in ("data", "values")]
+    return pq.ParquetWriter(
+        sink,
+        schema,
+        compression="none",
+        use_dictionary=["model", "name", "dtype", "kind"],
+        write_statistics=small,
+    )
+
+
+def parquet_row(model: str, meta: RecordMeta, data: bytes | None) -> dict:
+    """One row; `data=None` for a big record whose bytes are added as their own array."""
+    values = None
+    if (
+        data is not None
+        and meta.dtype in variables._FLOAT_DTYPES
+        and meta.num_slices == 1
+        and len(data) <= variables.SMALL_VALUES_BYTES
+    ):
+        values = variables.from_bytes(data, meta.dtype, (-1,)).astype(np.float64).tolist()
+    return {
+        "model": model,
+        "name": meta.name,
+        "dtype": meta.dtype,
+        "shape": list(meta.shape),
+        "kind": meta.kind,
+        "trainable": meta.trainable,
+        "slice_index": meta.slice_index,
+        "num_slices": meta.num_slices,
+        "row_start": meta.row_start,
+        "row_stop": meta.row_stop,
+        "nbytes": meta.nbytes,
+        "data": data,
+        "values": values,
+    }
+
+
+def _concat_parquet(out, parts: Sequence[PartInfo]) -> None:
+    """Copy every row group of every part, one row group in memory at a time."""
+    import pyarrow.parquet as pq
+
+    with parquet_writer(out) as writer:
+        for part in parts:
+            with _open(part.path) as f:
+                pf = pq.ParquetFile(f)
+                for group in range(pf.num_row_groups):
+                    writer.write_table(pf.read_row_group(group))
+                pf.close()
+
+
+# ------------------------------------------------------------------------- npz
+
+
+def npy_header(meta: RecordMeta) -> bytes:
+    """The .npy header of the whole variable (little-endian, C order)."""
+    import io
+
+    buf = io.BytesIO()
+    dtype = variables.numpy_dtype(meta.dtype).newbyteorder("<")
+    np.lib.format.write_array_header_1_0(
+        buf,
+        {
+            "descr": np.lib.format.dtype_to_descr(dtype),
+            "fortran_order": False,
+            "shape": tuple(meta.shape),
+        },
+    )
+    return buf.getvalue()
+
+
+def _concat_npz(out, parts: Sequence[PartInfo]) -> None:
+    """Each variable's member copied from the part holding it whole, or its slices joined
+    from the runs holding them, in slice order; one copy chunk in memory at a time."""
+    runs = [(part, run) for part in parts for run in part.runs]
+    metas = {}
+    for part in parts:
+        for meta in part.records:
+            metas.setdefault(meta.name, meta)
+    order = sorted(metas.values(), key=lambda m: (m.order, m.name))
+    zips, files = {}, []
+    try:
+        for part in parts:
+            files.append(_open(part.path))
+            zips[part.path] = zipfile.ZipFile(files[-1])
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for meta in order:
+                mine = sorted(
+                    ((p, r) for p, r in runs if r.name == meta.name), key=lambda x: x[1].first
+                )
+                whole = [(p, r) for p, r in mine if r.complete]
+                with zf.open(meta.name + ".npy", "w", force_zip64=True) as dst:
+                    if whole:
+                        part, run = whole[0]
+                        with zips[part.path].open(run.member) as src:
+                            _copy(src, dst)
+                        continue
+                    dst.write(npy_header(meta))
+                    for part, run in mine:
+                        with zips[part.path].open(run.member) as src:
+                            src.read(run.header_bytes)
+                            _copy(src, dst)
+    finally:
+        for z in zips.values():
+            z.close()
+        for f in files:
+            f.close()
+
+
+def _copy(src, dst) -> None:
+    while chunk := src.read(_COPY_CHUNK):
+        dst.write(chunk)
+
+
+# -------------------------------------------------------------------- finalize
+
+
+def check_complete(model: str, parts: Sequence[PartInfo]) -> None:
+    """Every slice of every variable is in exactly one part, once."""
+    seen: dict[str, list[int]] = {}
+    counts: dict[str, int] = {}
+    for part in parts:
+        for meta in part.records:
+            seen.setdefault(meta.name, []).append(meta.slice_index)
+            counts[meta.name] = meta.num_slices
+    for name, indexes in seen.items():
+        if sorted(indexes) != list(range(counts[name])):
+            raise ModelFileError(
+                f"Model {model}: variable {name!r} has slices {sorted(indexes)} of "
+                f"{counts[name]}."
+            )
+
+
+def _self_contained(part: PartInfo) -> bool:
+    if part.fmt == "parquet":
+        return True
+    return all(run.complete for run in part.runs)
+
+
+def finalize(final: str, parts: Sequence[PartInfo]) -> str:
+    """Make the model's file `final` from its parts, then delete the parts.
+
+    One part holding the whole model (checked) is renamed into place; several are joined into
+    a temporary file next to `final`, renamed when complete. Returns how: `renamed` or
+    `joined`."""
+    if not parts:
+        raise ValueError("no parts")
+    model = parts[0].model
+    parts = sorted(parts, key=lambda p: min((m.order, m.slice_index) for m in p.records))
+    try:
+        check_complete(model, parts)
+        if len(parts) == 1 and _self_contained(parts[0]):
+            _rename(parts[0].path, final)
+            return "renamed"
+        temp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with _create(temp, arrow=parts[0].fmt == "parquet") as out:
+                if parts[0].fmt == "parquet":
+                    _concat_parquet(out, parts)
+                else:
+                    _concat_npz(out, parts)
+            _rename(temp, final)
+        except BaseException:
+            delete_files([temp])
+            raise
+        return "joined"
+    finally:
+        delete_files([p.path for p in parts])
