@@ -190,6 +190,8 @@ def make_plan(
             if key in required:
                 problems.append(
                     f"input {key!r} ({spec.dtype} {spec.shape_str()}) has no column {column!r}"
+                    + (" (for a sparse input that has no value in any row, give a column of "
+                       "nulls)" if spec.encoding == "coo_sparse" else "")
                 )
             continue
         if spec.encoding == "coo_sparse":

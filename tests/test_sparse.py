@@ -348,8 +348,18 @@ def test_preflight_accepts_list_and_scalar_columns_and_names_what_is_there(spars
 
     missing = ok.drop(["words"])
     pq.write_table(missing, tmp_path / "missing.parquet")
-    with pytest.raises(BeamV1Error, match="input 'words' .* has no column 'words'"):
+    with pytest.raises(BeamV1Error, match="input 'words' .* has no column 'words' .*nulls"):
         preflight.check_scoring(sparse_path, str(tmp_path / "missing.parquet"))
+
+
+def test_output_shape_probe_runs_on_sliced_sparse_feeds(sparse_model):
+    """The probe for unknown-rank outputs (preflight and workers) scores a few rows: with a
+    sparse input that is a slice of a SparseFeed, with its own dense_shape."""
+    table = good_table(12)
+    sig = sparse_model.signature()
+    shapes, why = preflight.learn_output_shapes(sparse_model, sig, table.schema, table, {},
+                                                ["y", "sp_count"], probe_rows=5)
+    assert why is None and shapes == {"y": (-1,), "sp_count": (-1,)}
 
 
 # ------------------------------------------------------------------ scoring
