@@ -387,10 +387,14 @@ class SparseFeed:
 
     @property
     def indices(self) -> np.ndarray:
-        lengths = self.lengths
-        rows = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
-        cols = np.arange(len(self.values), dtype=np.int64) - np.repeat(self.splits[:-1], lengths)
-        return np.column_stack([rows, cols])
+        # each row's (row, -start) repeated once per value, then + the value's position:
+        # one repeat of [rows, 2] (several times faster than two repeats and a column_stack)
+        start = np.empty((len(self), 2), dtype=np.int64)
+        start[:, 0] = np.arange(len(self))
+        np.negative(self.splits[:-1], out=start[:, 1])
+        indices = np.repeat(start, self.lengths, axis=0)
+        indices[:, 1] += np.arange(len(self.values), dtype=np.int64)
+        return indices
 
     @property
     def dense_shape(self) -> np.ndarray:
