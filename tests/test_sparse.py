@@ -385,6 +385,30 @@ def test_batch_scorer_equals_direct_predict_and_sets_bad_rows_aside(sparse_model
     assert result.session_runs > 1  # the NaN/inf rows were found by bisection
 
 
+def test_fixed_batch_sparse_input_runs_in_padded_chunks(tmp_path):
+    """A sparse input of shape [4,-1]: 10 rows run as 4 + 4 + 2, the last chunk padded with
+    copies of its last row (re-derived indices), the padding dropped."""
+    path = str(tmp_path / "fixed")
+    graph = tf.Graph()
+    with graph.as_default():
+        sp = v1.sparse_placeholder(tf.float32, [4, None], name="sp")
+        total = tf.reshape(tf.sparse.reduce_sum(sp, axis=1), [4], name="total")
+        with v1.Session(graph=graph) as sess:
+            builder = v1.saved_model.Builder(path)
+            builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
+                "serving_default": v1.saved_model.predict_signature_def({"sp": sp},
+                                                                        {"total": total})})
+            builder.save()
+    rows = [[float(i)] * (i % 3) for i in range(10)]
+    table = pa.table({"sp": pa.array(rows, pa.list_(pa.float32()))})
+    with beam_v1.load(path) as model:
+        plan = columns.make_plan(model.signature(), table.schema)
+        assert plan.fixed_batch == 4
+        result = BatchScorer(model, plan, table.schema).score(table)
+    assert result.failed.num_rows == 0 and result.session_runs == 3
+    assert result.scored.column("total").to_pylist() == [sum(r) for r in rows]
+
+
 def test_direct_runner_pipeline_from_sliced_chunked_and_other_list_columns(sparse_path,
                                                                             sparse_model,
                                                                             tmp_path):
