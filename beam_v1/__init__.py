@@ -2,9 +2,9 @@
 
 Public API (imported lazily, so `import beam_v1` does not pull in TensorFlow or Beam):
 `inspect`, `load`, `V1Model`, `ModelInfo`, `RunV1Inference`, `ScoreParquet`,
-`ScoreTFRecord`, `V1ModelHandler`, `DumpVariables`, `WriteVariables`, `read_variables`,
-`read_checkpoint`, `list_variables`, `assign_variables`, and the error types in
-`beam_v1.errors`. The Keras 3 layer is `beam_v1.keras.V1Layer`.
+`ReadParquetRowGroups`, `ScoreTFRecord`, `V1ModelHandler`, `DumpVariables`, `WriteVariables`,
+`read_variables`, `read_checkpoint`, `list_variables`, `assign_variables`, and the error types
+in `beam_v1.errors`. The Keras 3 layer is `beam_v1.keras.V1Layer`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ _EXPORTS = {
     "V1Model": "beam_v1.session",
     "RunV1Inference": "beam_v1.transforms",
     "ScoreParquet": "beam_v1.transforms",
+    "ReadParquetRowGroups": "beam_v1.parquet_read",
     "V1ModelHandler": "beam_v1.handler",
     "assign_variables": "beam_v1.weights",
     "AssignReport": "beam_v1.weights",

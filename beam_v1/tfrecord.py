@@ -217,6 +217,7 @@ class ScoreTFRecord(beam.PTransform):
                 max_batch_bytes=self.max_batch_bytes,
                 schema=self.input_schema,
                 progress_seconds=self.progress_seconds,
+                checked=self.checked,
                 **self.load_options,
             )
         )

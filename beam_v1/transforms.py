@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.utils import shared
 
 from beam_v1 import dofn, preflight
 from beam_v1.dofn import FAILED, SCORED, ScoringConfig
 from beam_v1.parquet_read import ReadParquetRowGroups
+from beam_v1.parquet_write import WriteParquetTables
 
 DEFAULT_BATCH_SIZE = 65536
 
@@ -52,7 +53,9 @@ class RunV1Inference(beam.PTransform):
     rows scored + rows failed. The model loads once per worker process, in `setup()`.
 
     If `schema` (the input's Arrow schema) is given, the plan is checked now, at
-    construction, instead of on the first batch a worker sees.
+    construction, instead of on the first batch a worker sees. `checked` passes on what
+    `preflight.check_scoring` already found for this model and input, so the model is not
+    checked twice.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class RunV1Inference(beam.PTransform):
         progress_seconds: float | None = None,
         output_shapes: Mapping[str, tuple[int, ...]] | None = None,
         max_batch_bytes: int | None = None,
+        checked: preflight.Checked | None = None,
         **load_options: Any,
     ):
         super().__init__()
@@ -93,6 +97,11 @@ class RunV1Inference(beam.PTransform):
             output_shapes=dofn.freeze_mapping(output_shapes),
             max_batch_bytes=max_batch_bytes,
         )
+        self._progress_seconds = progress_seconds
+        self._shared = shared.Shared()
+        if checked is not None:
+            self.config = _replace(self.config, signature=checked.signature.key)
+            return
         local, sig, required = preflight.check_model(
             self.config.model, self.config.tags, signature, load_options
         )
@@ -118,8 +127,6 @@ class RunV1Inference(beam.PTransform):
                 keep_columns=self.config.keep_columns,
                 output_shapes=shapes,
             )
-        self._progress_seconds = progress_seconds
-        self._shared = shared.Shared()
 
     def expand(self, tables):
         return tables | "Score" >> beam.ParDo(
@@ -196,6 +203,7 @@ class ScoreParquet(beam.PTransform):
                 max_batch_bytes=self.max_batch_bytes,
                 progress_seconds=self.progress_seconds,
                 output_shapes=checked.output_shapes,
+                checked=checked,
                 **self.options,
                 **self.load_options,
             )
@@ -224,28 +232,13 @@ def write_outputs(
     """RunV1Inference's outputs -> scored and dead-letter Parquet files."""
     # every file's tables must match the one schema each sink writes (the first file's):
     # a later file may order its columns differently or use a narrower type
-    written = (
-        scored[SCORED]
-        | "ConformScored" >> beam.Map(conform, output_schema, "scored")
-        | "WriteScored"
-        >> WriteToParquetBatched(
-            output_prefix,
-            schema=output_schema,
-            codec=codec,
-            file_name_suffix=".parquet",
-            num_shards=num_shards,
-        )
+    written = scored[SCORED] | "WriteScored" >> WriteParquetTables(
+        output_prefix, output_schema, codec=codec, num_shards=num_shards,
+        conform=functools.partial(conform, schema=output_schema, what="scored"),
     )
-    failed = (
-        scored[FAILED]
-        | "ConformFailed" >> beam.Map(conform, failed_schema, "dead-letter")
-        | "WriteFailed"
-        >> WriteToParquetBatched(
-            dead_letter_prefix,
-            schema=failed_schema,
-            codec=codec,
-            file_name_suffix=".parquet",
-        )
+    failed = scored[FAILED] | "WriteFailed" >> WriteParquetTables(
+        dead_letter_prefix, failed_schema, codec=codec,
+        conform=functools.partial(conform, schema=failed_schema, what="dead-letter"),
     )
     return {"scored": written, "failed": failed}
 

@@ -882,6 +882,7 @@ class MappedFileSystem(LocalFileSystem):
 
     ROOT: str | None = None
     opened: list[str] = []
+    created: list[str] = []
 
     @classmethod
     def scheme(cls):
@@ -915,6 +916,31 @@ class MappedFileSystem(LocalFileSystem):
     def open(self, path, *args, **kwargs):
         MappedFileSystem.opened.append(path)
         return super().open(self._local(path), *args, **kwargs)
+
+    def join(self, basepath, *paths):  # as object stores join: no local absolute path
+        if not basepath.startswith("beamv1test://"):
+            return super().join(basepath, *paths)
+        return "/".join([basepath.rstrip("/")] + [p.strip("/") for p in paths])
+
+    def split(self, path):
+        if not path.startswith("beamv1test://"):
+            return super().split(path)
+        head, _, tail = path.rstrip("/").rpartition("/")
+        return head, tail
+
+    def create(self, path, *args, **kwargs):
+        MappedFileSystem.created.append(path)
+        return super().create(self._local(path), *args, **kwargs)
+
+    def mkdirs(self, path):
+        return super().mkdirs(self._local(path))
+
+    def rename(self, sources, destinations):
+        return super().rename([self._local(p) for p in sources],
+                              [self._local(p) for p in destinations])
+
+    def delete(self, paths):
+        return super().delete([self._local(p) for p in paths])
 
 
 def test_remote_model_is_staged_through_beam_filesystems(built_models, tmp_path):
@@ -985,6 +1011,47 @@ def test_read_parquet_row_groups_yields_each_row_group_once(tmp_path, where):
     else:  # local files are opened by pyarrow itself
         assert opened == set()
         assert open_parquet(pattern.replace("*", "part-0")).metadata.num_rows == 250
+
+
+@pytest.mark.parametrize("where", ["local", "beam_filesystem"])
+def test_write_parquet_tables_sinks_side_by_side(tmp_path, where):
+    """Two sinks whose prefixes nest (`s` and `s-failed`) and whose shard counts are equal keep
+    each other's files (Beam's own sink deletes every `s-*-of-00002` file before it renames);
+    every row is written once; a shard without rows is an empty file with the schema."""
+    from beam_v1.parquet_write import WriteParquetTables
+
+    root = tmp_path / "bucket"
+    os.makedirs(root / "out")
+    MappedFileSystem.ROOT = str(root)
+    MappedFileSystem.created.clear()
+    prefix = {"local": str(root / "out" / "s"), "beam_filesystem": "beamv1test://out/s"}[where]
+    schema = pa.schema([("id", pa.int64()), ("v", pa.float32())])
+    tables = [
+        pa.table({"id": np.arange(i * 10, i * 10 + n), "v": np.ones(n, np.float32)}, schema=schema)
+        for i, n in enumerate([10, 0, 7, 10])
+    ]
+    with beam.Pipeline() as p:
+        data = p | beam.Create(tables, reshuffle=False).with_output_types(pa.Table)
+        _ = data | "A" >> WriteParquetTables(prefix, schema, num_shards=2)
+        _ = data | "B" >> WriteParquetTables(prefix + "-failed", schema, num_shards=2)
+        _ = data | "C" >> WriteParquetTables(prefix + "-auto", schema)
+        _ = data | "D" >> WriteParquetTables(prefix + "-six", schema, num_shards=6)
+    out = root / "out"
+    want = sorted(i for t in tables for i in t["id"].to_pylist())
+    for name, shards in [("s", 2), ("s-failed", 2), ("s-six", 6)]:
+        files = sorted(glob.glob(str(out / f"{name}-[0-9]*-of-*.parquet")))
+        assert [os.path.basename(f) for f in files] == [
+            f"{name}-{i:05d}-of-{shards:05d}.parquet" for i in range(shards)
+        ]
+        got = pa.concat_tables([pq.read_table(f) for f in files])
+        assert got.schema == schema and sorted(got["id"].to_pylist()) == want
+        if shards == 6:  # 3 tables with rows: 3 shards are empty files
+            assert sorted(pq.read_metadata(f).num_rows for f in files) == [0, 0, 0, 7, 10, 10]
+    auto = glob.glob(str(out / "s-auto-*-of-*.parquet"))
+    assert sorted(pa.concat_tables([pq.read_table(f) for f in auto])["id"].to_pylist()) == want
+    assert not glob.glob(str(out / "beam-temp-*"))
+    # local files are written by pyarrow itself, other schemes through Beam's FileSystems
+    assert bool(MappedFileSystem.created) == (where == "beam_filesystem")
 
 
 def test_score_parquet_reads_input_from_a_beam_filesystem(built_models, tmp_path):
