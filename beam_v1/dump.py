@@ -144,8 +144,7 @@ class _DumpModelDoFn(beam.DoFn):
             return
         last = time.monotonic()
         done_bytes = 0
-        pieces = variables.read_ahead(variables.iter_slices(reader, specs, self.slice_bytes))
-        for order, spec, piece in pieces:
+        for order, spec, piece in variables.iter_slices(reader, specs, self.slice_bytes):
             if isinstance(piece, Exception):
                 self.failed.inc()
                 yield beam.pvalue.TaggedOutput(

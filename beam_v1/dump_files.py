@@ -195,6 +195,9 @@ class ParquetPartWriter(PartWriter):
                 pa.large_binary(), 1, [None, offsets, pa.py_buffer(data)]
             )
             self._writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+            # the writer's buffers (about twice the value) go back to the system at once,
+            # not kept by Arrow's allocator while the next slice is read
+            pa.default_memory_pool().release_unused()
             return
         if self._size + len(data) > PARQUET_GROUP_BYTES:
             self._flush()

@@ -1,15 +1,19 @@
 """Benchmark: a TF1 model's variables out, three ways, on a generated ~1 GB model.
 
     python benchmarks/bench_dump.py [--big 4 --big-mb 200 --small 100 --small-mb 2]
-        [--workdir DIR] [--keep] [--results benchmarks/out/RESULTS-dump.md]
+        [--repeat 5] [--workdir DIR] [--model DIR] [--keep]
+        [--results benchmarks/out/RESULTS-dump.md]
     (the results file is then pasted into benchmarks/RESULTS.md)
 
 (a) session: `tf.compat.v1.saved_model.loader.load` + `sess.run(global_variables())`
 (b) parquet: `DumpVariables` -> `WriteVariables(..., "parquet")` on the DirectRunner
 (c) npz:     `DumpVariables` -> `WriteVariables(..., "npz")`
 Each runs in its own subprocess: wall time, and peak RSS less the RSS right after importing
-TensorFlow, Apache Beam and beam_v1. Every variable's SHA-256 from (a) is compared with the
-dumps read back by `read_variables` (not timed). Generated data is deleted at the end.
+TensorFlow, Apache Beam and beam_v1. With `--repeat N` the three runs are interleaved N times
+(a, b, c, a, b, c, ...: a busy shared machine slows neighbours alike) and the table gives the
+median, plus each round's (b)/(a) and (c)/(a) ratios. Every variable's SHA-256 from (a) is
+compared with the dumps read back by `read_variables` (not timed). Generated data is deleted
+at the end unless `--keep`; `--model DIR` reuses a model generated before.
 """
 
 from __future__ import annotations
@@ -140,6 +144,8 @@ def main() -> int:
     parser.add_argument("--small-mb", type=float, default=2)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds (median)")
+    parser.add_argument("--model", default=None, help="a model generated before (--keep)")
     parser.add_argument(
         "--results", default=os.path.join(os.path.dirname(__file__), "out", "RESULTS-dump.md")
     )
@@ -148,108 +154,149 @@ def main() -> int:
         child(*args.child)
         return 0
     work = args.workdir or tempfile.mkdtemp(prefix="bench_dump_")
-    model = os.path.join(work, "model")
+    model = args.model or os.path.join(work, "model")
     try:
         t = time.perf_counter()
-        info = generate(model, args.big, args.big_mb, args.small, args.small_mb)
+        if args.model:
+            info = json.loads(open(os.path.join(model, "bench.json"), encoding="utf-8").read())
+        else:
+            info = generate(model, args.big, args.big_mb, args.small, args.small_mb)
+            with open(os.path.join(model, "bench.json"), "w", encoding="utf-8") as f:
+                json.dump(info, f)
         print(
-            f"generated {info['bytes'] / 2**20:,.0f} MiB in {info['variables']} variables "
+            f"model {info['bytes'] / 2**20:,.0f} MiB in {info['variables']} variables "
             f"({time.perf_counter() - t:.0f} s)",
             flush=True,
         )
-        runs = {}
-        for mode in ("session", "parquet", "npz"):
-            out = os.path.join(work, mode, "dump")
-            proc = subprocess.run(
-                [sys.executable, __file__, "--child", mode, model, out],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-            if proc.returncode or not lines:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"{mode} run failed")
-            runs[mode] = json.loads(lines[-1])
-            r = runs[mode]
-            print(
-                f"{mode}: {r['seconds']:.1f} s, peak RSS {r['peak_mb']:,.0f} MiB, "
-                f"after imports {r['base_mb']:,.0f} MiB",
-                flush=True,
-            )
-        expected = runs["session"]["hashes"]
-        for mode in ("parquet", "npz"):
-            runs[mode]["exact"] = _verify(mode, os.path.join(work, mode, "dump"), expected)
-            files = [f for f in os.listdir(os.path.join(work, mode)) if f.endswith(mode)]
-            runs[mode]["file_mb"] = (
-                sum(os.path.getsize(os.path.join(work, mode, f)) for f in files) / 2**20
-            )
-        _write_results(args, info, runs)
+        rounds = []
+        for i in range(args.repeat):
+            runs = {}
+            for mode in ("session", "parquet", "npz"):
+                out = os.path.join(work, f"{mode}-{i}", "dump")
+                runs[mode] = _run_child(mode, model, out)
+                r = runs[mode]
+                print(
+                    f"round {i + 1}: {mode}: {r['seconds']:.2f} s, peak RSS "
+                    f"{r['peak_mb']:,.0f} MiB, after imports {r['base_mb']:,.0f} MiB",
+                    flush=True,
+                )
+            expected = runs["session"]["hashes"]
+            for mode in ("parquet", "npz"):
+                folder = os.path.join(work, f"{mode}-{i}")
+                runs[mode]["exact"] = _verify(mode, os.path.join(folder, "dump"), expected)
+                files = [f for f in os.listdir(folder) if f.endswith(mode)]
+                runs[mode]["file_mb"] = (
+                    sum(os.path.getsize(os.path.join(folder, f)) for f in files) / 2**20
+                )
+                shutil.rmtree(folder, ignore_errors=True)
+            runs["session"]["hashes"] = None
+            rounds.append(runs)
+        _write_results(args, info, rounds)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
-def _write_results(args, info, runs) -> None:
+def _run_child(mode: str, model: str, out: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", mode, model, out],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+    if proc.returncode or not lines:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"{mode} run failed")
+    return json.loads(lines[-1])
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def _write_results(args, info, rounds) -> None:
     mib = 2**20
     largest = info["largest"] / mib
-    a = runs["session"]
+    modes = ("session", "parquet", "npz")
+    med = {
+        mode: {
+            key: _median([r[mode][key] for r in rounds])
+            for key in ("seconds", "peak_mb", "base_mb")
+        }
+        for mode in modes
+    }
+    worst_extra = {
+        mode: max(r[mode]["peak_mb"] - r[mode]["base_mb"] for r in rounds) for mode in modes
+    }
+    exact = {mode: all(r[mode]["exact"] for r in rounds) for mode in ("parquet", "npz")}
+    a = med["session"]
     rows = []
     for mode, label in (
         ("session", "(a) load + sess.run(global_variables())"),
         ("parquet", "(b) DumpVariables -> Parquet"),
         ("npz", "(c) DumpVariables -> npz"),
     ):
-        r = runs[mode]
-        extra = r["peak_mb"] - r["base_mb"]
+        r = med[mode]
+        extra = worst_extra[mode]
+        ratio = "1.00" if mode == "session" else f"{r['seconds'] / a['seconds']:.2f}"
         rows.append(
-            f"| {label} | {r['seconds']:.1f} | {r['peak_mb']:,.0f} | {extra:,.0f} | "
+            f"| {label} | {r['seconds']:.2f} | {ratio} | {r['peak_mb']:,.0f} | {extra:,.0f} | "
             f"{extra / largest:.2f}x | "
             + (
                 "n/a (reference)"
                 if mode == "session"
-                else ("bit-exact" if r["exact"] else "MISMATCH")
+                else ("bit-exact" if exact[mode] else "MISMATCH")
             )
             + " |"
         )
+    per_round = "\n".join(
+        f"| {i + 1} | {r['session']['seconds']:.2f} | {r['parquet']['seconds']:.2f} | "
+        f"{r['npz']['seconds']:.2f} | {r['parquet']['seconds'] / r['session']['seconds']:.2f} | "
+        f"{r['npz']['seconds'] / r['session']['seconds']:.2f} |"
+        for i, r in enumerate(rounds)
+    )
     verdicts = []
     for mode in ("parquet", "npz"):
-        r = runs[mode]
-        extra = r["peak_mb"] - r["base_mb"]
+        r = med[mode]
+        extra = worst_extra[mode]
+        wins = sum(x[mode]["seconds"] <= x["session"]["seconds"] for x in rounds)
         verdicts.append(
             f"- {mode}: time {'met' if r['seconds'] <= a['seconds'] else 'MISSED'} "
-            f"({r['seconds']:.1f} s vs {a['seconds']:.1f} s); memory "
-            f"{'met' if extra < 1.5 * largest else 'MISSED'} ({extra:,.0f} MiB vs the "
+            f"(median {r['seconds']:.2f} s vs {a['seconds']:.2f} s; no slower than (a) in "
+            f"{wins} of {len(rounds)} rounds); memory "
+            f"{'met' if extra < 1.5 * largest else 'MISSED'} (worst {extra:,.0f} MiB vs the "
             f"1.5 x {largest:,.0f} = {1.5 * largest:,.0f} MiB limit); file "
-            f"{r['file_mb']:,.0f} MiB."
+            f"{rounds[0][mode]['file_mb']:,.0f} MiB."
         )
-    extra_a = a["peak_mb"] - a["base_mb"]
-    text = f"""# DumpVariables benchmark
-
-Command: `python benchmarks/bench_dump.py --big {args.big} --big-mb {args.big_mb:g} \
---small {args.small} --small-mb {args.small_mb:g}`
+    extra_a = worst_extra["session"]
+    text = f"""Command: `python benchmarks/bench_dump.py --big {args.big} --big-mb {args.big_mb:g} \
+--small {args.small} --small-mb {args.small_mb:g} --repeat {args.repeat}`
 
 Generated model (tf.compat.v1, written by this TensorFlow): {info["variables"]} float32
 variables, {info["bytes"] / mib:,.0f} MiB in total; {args.big} of {largest:,.0f} MiB
 (half resource, half ref variables) and {args.small} of {args.small_mb:g} MiB. Default slice
 threshold (64 MiB), so each big variable travels as {int(-(-largest // 64))} slices.
 Machine: {os.cpu_count()} CPUs, DirectRunner (in-process FnApiRunner). Each run in its own
-process; "extra" = peak RSS less the RSS right after importing TensorFlow, Beam and beam_v1.
+process, the three interleaved {len(rounds)} times; seconds and peak RSS are medians, "extra"
+(peak RSS less the RSS right after importing TensorFlow, Beam and beam_v1) is the worst round.
 
-| run | seconds | peak RSS MiB | extra MiB | extra / largest variable | values |
-|---|---|---|---|---|---|
+| run | seconds | vs (a) | peak RSS MiB | extra MiB | extra / largest variable | values |
+|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
+
+Each round (seconds):
+
+| round | (a) | (b) | (c) | (b)/(a) | (c)/(a) |
+|---|---|---|---|---|---|
+{per_round}
 
 Targets (issue 6): (b) and (c) no slower than (a); extra RSS under 1.5x the largest variable.
 {chr(10).join(verdicts)}
 - (a) needs {extra_a:,.0f} MiB extra ({extra_a / (info["bytes"] / mib):.2f}x the whole model).
-
-Notes: big variables stored whole are read by row range straight from the data shard (the
-offset comes from the checkpoint index), so those range reads are not CRC-checked; smaller
-variables go through TensorFlow's reader, which verifies them. The sinks stage every
-slice in a temporary folder next to the output and write each model's file once all its
-records are in, so the dump writes the data twice (once to staging, once to the final file).
 """
     os.makedirs(os.path.dirname(args.results) or ".", exist_ok=True)
     with open(args.results, "w", encoding="utf-8") as f:
