@@ -47,6 +47,7 @@ class ScoringConfig:
     load_options: tuple[tuple[str, Any], ...] = ()
     output_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     max_batch_bytes: int | None = None  # bound on a batch's Arrow bytes (a bigger row: alone)
+    example_feed: str = "auto"  # tf.Example from columns: auto (direct when exact) | serialize
 
     def cache_key(self) -> str:
         return repr((self.model, self.tags, self.signature, self.load_options))
@@ -217,7 +218,7 @@ class RunV1InferenceDoFn(beam.DoFn):
 
             ex = examples.scorer_for_columns(
                 self._model, sig.key, schema, dict(c.column_map),
-                self._model.options.example_feed, c.outputs,
+                c.example_feed, c.outputs,
             )
             plan = columns.make_plan(
                 sig,

@@ -111,6 +111,8 @@ def score(
     if input_format == "tfrecord":  # serialized tf.Examples (beam_v1.tfrecord)
         from beam_v1.tfrecord import ScoreTFRecord
 
+        kwargs.pop("example_feed", None)  # the records are serialized examples already
+
         transform = ScoreTFRecord(
             model, input_pattern, output_prefix, decode_features=decode_features,
             progress_seconds=PROGRESS_SECONDS if progress else None, **kwargs,

@@ -52,7 +52,6 @@ class LoadOptions:
     import_modules: tuple[str, ...] = ()
     allow_unsafe_ops: bool = False  # skip the graph-op audit (beam_v1.audit, SPEC §7)
     rewrites: bool = True  # replace ops this TensorFlow lost (beam_v1.rewrites)
-    example_feed: str = "auto"  # tf.Example from columns: auto (direct when exact) | serialize
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> LoadOptions:

@@ -16,6 +16,7 @@ from beam_v1.parquet_read import ReadParquetRowGroups
 from beam_v1.parquet_write import WriteParquetTables
 
 DEFAULT_BATCH_SIZE = 65536
+EXAMPLE_FEEDS = ("auto", "serialize")  # tf.Example signatures fed from feature columns
 
 
 class ArrowTableCoder(beam.coders.Coder):
@@ -72,12 +73,15 @@ class RunV1Inference(beam.PTransform):
         progress_seconds: float | None = None,
         output_shapes: Mapping[str, tuple[int, ...]] | None = None,
         max_batch_bytes: int | None = None,
+        example_feed: str = "auto",
         checked: preflight.Checked | None = None,
         **load_options: Any,
     ):
         super().__init__()
         if max_batch_bytes is not None and max_batch_bytes < 1:
             raise ValueError(f"max_batch_bytes must be positive, got {max_batch_bytes}")
+        if example_feed not in EXAMPLE_FEEDS:
+            raise ValueError(f"example_feed must be one of {EXAMPLE_FEEDS}, got {example_feed!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         from beam_v1.session import LoadOptions
@@ -96,6 +100,7 @@ class RunV1Inference(beam.PTransform):
             ),
             output_shapes=dofn.freeze_mapping(output_shapes),
             max_batch_bytes=max_batch_bytes,
+            example_feed=example_feed,
         )
         self._progress_seconds = progress_seconds
         self._shared = shared.Shared()
@@ -166,6 +171,7 @@ class ScoreParquet(beam.PTransform):
         num_shards: int = 0,
         codec: str = "snappy",
         progress_seconds: float | None = None,
+        example_feed: str = "auto",
         **load_options: Any,
     ):
         super().__init__()
@@ -182,6 +188,7 @@ class ScoreParquet(beam.PTransform):
         )
         self.batch_size = batch_size
         self.max_batch_bytes = max_batch_bytes
+        self.example_feed = example_feed
         self.num_shards = num_shards
         self.codec = codec
         self.progress_seconds = progress_seconds
@@ -203,6 +210,7 @@ class ScoreParquet(beam.PTransform):
                 max_batch_bytes=self.max_batch_bytes,
                 progress_seconds=self.progress_seconds,
                 output_shapes=checked.output_shapes,
+                example_feed=self.example_feed,
                 checked=checked,
                 **self.options,
                 **self.load_options,
