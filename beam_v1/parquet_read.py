@@ -5,7 +5,8 @@ Beam's `ReadFromParquetBatched` reads every file through a Python file object fr
 (benchmarks/RESULTS.md). Here a local path is opened by pyarrow directly and any other
 scheme (gs://, s3://, a registered plugin) through Beam's `FileSystems`, so credentials
 and options stay Beam's. Work is split by row group: each (file, row group) is one
-element, spread across workers by a `Reshuffle`.
+element, spread across workers by a `Reshuffle` (and the files before it, so that their
+footers are read in parallel).
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ class ReadParquetRowGroups(beam.PTransform):
         return (
             pbegin
             | "Match" >> fileio.MatchFiles(self._pattern)
+            | "SpreadFiles" >> beam.Reshuffle()  # footers of many files read in parallel
             | "RowGroups" >> beam.FlatMap(lambda meta: row_groups(meta.path))
-            | "Spread" >> beam.Reshuffle()
+            | "SpreadRowGroups" >> beam.Reshuffle()
             | "ReadRowGroup"
             >> beam.ParDo(_ReadRowGroupDoFn(self._columns)).with_output_types(pa.Table)
         )
