@@ -16,6 +16,7 @@ import dataclasses
 import os
 import uuid
 import zipfile
+import zlib
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -141,6 +142,36 @@ def value_bytes(value: np.ndarray, dtype: str):
 
 # ------------------------------------------------------------------------ parts
 
+_crc_pool = None
+_PARALLEL_CRC_BYTES = 1 << 20
+
+
+def write_stored(member, data) -> None:
+    """`member.write(data)` for a stored (uncompressed) zip member, with the CRC-32 of a big
+    `data` computed in a second thread while its bytes are written (zlib and file writes
+    release the GIL): a zip member's CRC otherwise costs a pass over the data before the
+    write. Falls back to `member.write` if zipfile's writer is not the one expected."""
+    global _crc_pool
+    n = len(data)
+    if (
+        n < _PARALLEL_CRC_BYTES
+        or getattr(member, "_compressor", True) is not None
+        or not all(hasattr(member, a) for a in ("_crc", "_file_size", "_fileobj"))
+    ):
+        member.write(data)
+        return
+    if _crc_pool is None:
+        import concurrent.futures
+
+        _crc_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="beam_v1-crc")
+    crc = _crc_pool.submit(zlib.crc32, data, member._crc)
+    try:
+        member._fileobj.write(data)
+    finally:
+        member._crc = crc.result()
+    member._file_size += n
+
+
 
 class PartWriter:
     """Appends one model's records to a new part file in `folder`; `close()` -> PartInfo."""
@@ -194,10 +225,10 @@ class ParquetPartWriter(PartWriter):
             columns[schema.get_field_index("data")] = pa.LargeBinaryArray.from_buffers(
                 pa.large_binary(), 1, [None, offsets, pa.py_buffer(data)]
             )
+            # Arrow keeps the writer's buffers (about twice the value) for the next row: that
+            # costs ~18 MiB more peak RSS than handing them back each time, and saves
+            # faulting them in again for every slice (measured: 0.5-1 s less for 1 GiB)
             self._writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-            # the writer's buffers (about twice the value) go back to the system at once,
-            # not kept by Arrow's allocator while the next slice is read
-            pa.default_memory_pool().release_unused()
             return
         if self._size + len(data) > PARQUET_GROUP_BYTES:
             self._flush()
@@ -249,7 +280,7 @@ class NpzPartWriter(PartWriter):
             self._end_run()
             self._start_run(meta)
         member, run, count = self._open
-        member.write(data)
+        write_stored(member, data)
         self._open = (member, dataclasses.replace(run, last=meta.slice_index), count)
         if meta.slice_index == meta.num_slices - 1:
             self._end_run()
