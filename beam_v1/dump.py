@@ -298,15 +298,19 @@ class _FinalizeModelDoFn(beam.DoFn):
         model, parts = element
         parts = list(parts)
         if model in {f["model"] for f in failed}:
+            # the model failed part way: no output file for it
             dump_files.delete_files([p.path for p in parts])
-            return  # the model failed part way: no output file for it
+        else:
+            yield self._finalize(model, parts)
+
+    def _finalize(self, model: str, parts: list) -> dict:
         final = output_path(self.prefix, model, self.fmt)
         how = dump_files.finalize(final, parts)
         self.files.inc()
         if how == "joined":
             self.joined.inc()
         records = [m for p in parts for m in p.records]
-        yield {
+        return {
             "model": model,
             "file": final,
             "variables": len({m.name for m in records}),

@@ -356,3 +356,144 @@ def test_fleet_multi_processing_cli(fixtures, tmp_path, capsys):
     failed = [json.loads(x) for x in Path(prefix + "-failed.jsonl").read_text().splitlines()]
     assert [f["model"] for f in failed] == [bad] and shard in failed[0]["error"]
     assert not [p for p in os.listdir(tmp_path / "out") if "-tmp-" in p]  # temp files gone
+
+
+# ------------------------------------------------------- parts and finalize
+
+
+def _fixture_records(model: str, slice_bytes: int):
+    """(RecordMeta, value) for every slice of `model`, read as DumpVariables reads them."""
+    from beam_v1 import variables
+    from beam_v1.dump_files import RecordMeta
+
+    specs = list_variables(model)
+    reader = CheckpointReader(model)
+    out = []
+    for order, spec, piece in variables.iter_slices(reader, specs, slice_bytes):
+        assert not isinstance(piece, Exception), piece
+        meta = RecordMeta(
+            spec.name, spec.dtype, tuple(spec.shape), spec.kind, spec.trainable, order,
+            piece.index, piece.count, piece.row_start, piece.row_stop, piece.value.nbytes,
+        )  # fmt: skip
+        out.append((meta, np.array(piece.value)))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "npz"])
+def test_records_split_across_parts_are_joined_bit_exact(fixtures, tmp_path, fmt):
+    """Records of one model arriving in three bundles, a variable's slices spread over them
+    and out of order, are joined into one file equal to the checkpoint."""
+    from beam_v1 import dump_files
+
+    model = fixtures["big"]
+    records = _fixture_records(model, 1024)
+    big = [r for r in records if r[0].name == "big"]
+    assert len(big) == 9
+    # part 0: big slices 0-2 then 6 (a run broken off), part 1: the others' variables and
+    # big 7, 8, 3 (a run not starting at slice 0), part 2: big 4-5
+    groups = [
+        big[0:3] + [big[6]],
+        [r for r in records if r[0].name != "big"] + [big[7], big[8], big[3]],
+        big[4:6],
+    ]
+    parts = []
+    for group in groups:
+        writer = dump_files.part_writer(str(tmp_path / "tmp"), model, fmt)
+        for meta, value in group:
+            writer.append(meta, value)
+        parts.append(writer.close())
+    final = str(tmp_path / f"out.{fmt}")
+    assert dump_files.finalize(final, parts[::-1]) == "joined"
+    _assert_bit_exact(read_variables(final), _ckpt_values(model))
+    assert not [p for p in parts if os.path.exists(p.path)]  # parts deleted
+    if fmt == "npz":
+        import zipfile
+
+        with zipfile.ZipFile(final) as zf:
+            assert zf.testzip() is None and sorted(zf.namelist()) == [
+                "big.npy", "ints.npy", "scale.npy"
+            ]  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "npz"])
+def test_one_part_is_renamed_and_an_incomplete_model_writes_nothing(fixtures, tmp_path, fmt):
+    from beam_v1 import dump_files
+
+    model = fixtures["big"]
+    records = _fixture_records(model, 1024)
+    writer = dump_files.part_writer(str(tmp_path / "tmp"), model, fmt)
+    for meta, value in records:
+        writer.append(meta, value)
+    part = writer.close()
+    size = os.path.getsize(part.path)
+    final = str(tmp_path / f"whole.{fmt}")
+    assert dump_files.finalize(final, [part]) == "renamed"
+    assert os.path.getsize(final) == size and not os.path.exists(part.path)
+    _assert_bit_exact(read_variables(final), _ckpt_values(model))
+
+    writer = dump_files.part_writer(str(tmp_path / "tmp"), model, fmt)
+    for meta, value in records[:3] + records[4:]:  # one slice of `big` missing
+        writer.append(meta, value)
+    part = writer.close()
+    final = str(tmp_path / f"missing.{fmt}")
+    with pytest.raises(ModelFileError, match=r"'big' has slices \[0, 1, 2, 4"):
+        dump_files.finalize(final, [part])
+    assert not os.path.exists(final) and not os.path.exists(part.path)
+    assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]
+
+
+def test_npz_big_slices_get_a_valid_crc(tmp_path):
+    """Slices over 1 MiB have their CRC-32 computed beside the write: the zip must verify."""
+    import zipfile
+
+    from beam_v1 import dump_files
+    from beam_v1.dump_files import RecordMeta
+
+    value = np.random.default_rng(0).standard_normal((3 << 16, 8)).astype(np.float32)  # 6 MiB
+    writer = dump_files.part_writer(str(tmp_path), "m", "npz")
+    rows = value.shape[0] // 3
+    for i in range(3):
+        meta = RecordMeta(
+            "w", "float32", value.shape, "ref", True, 0, i, 3, i * rows, (i + 1) * rows, 0
+        )
+        writer.append(meta, value[i * rows : (i + 1) * rows])
+    part = writer.close()
+    with zipfile.ZipFile(part.path) as zf:
+        assert zf.testzip() is None
+    np.testing.assert_array_equal(read_variables(part.path)["w"], value)
+
+
+def test_model_failing_part_way_leaves_no_file(fixtures, tmp_path):
+    """The corrupt model's first variables were already appended to its part when its last
+    one failed: the part is deleted, no final file, the other model is dumped."""
+    bad, shard = _copy(fixtures["mlp"], tmp_path / "corrupt")
+    data = bytearray(Path(shard).read_bytes())
+    data[-4:] = bytes(b ^ 0xFF for b in data[-4:])  # the last variable read
+    Path(shard).write_bytes(bytes(data))
+    assert len(list_variables(bad)) > 1
+    prefix = str(tmp_path / "out" / "dump")
+    failed = _dump([bad, fixtures["big"]], prefix, "parquet", slice_bytes=1024)
+    assert [f["model"] for f in failed] == [bad] and failed[0]["variables_read"] > 0
+    assert not os.path.exists(output_path(prefix, bad, "parquet"))
+    _assert_bit_exact(read_variables(prefix, model=fixtures["big"]), _ckpt_values(fixtures["big"]))
+    good = os.path.basename(output_path(prefix, fixtures["big"], "parquet"))
+    expected = sorted(["dump-failed.jsonl", "dump-manifest.jsonl", good])
+    assert sorted(os.listdir(tmp_path / "out")) == expected  # no part, no temp folder
+    manifest = [json.loads(x) for x in Path(prefix + "-manifest.jsonl").read_text().splitlines()]
+    assert [(m["model"], m["parts"]) for m in manifest] == [(fixtures["big"], 1)]  # renamed
+
+
+def test_mapped_row_ranges_check_the_shard_size(fixtures, tmp_path):
+    """Row ranges are memory-mapped: a shard too short for them is an error naming the file,
+    never a crash (touching a mapped page past the end of a file is a SIGBUS)."""
+    model, shard = _copy(fixtures["big"], tmp_path / "m")
+    spec = {s.name: s for s in list_variables(model)}["big"]
+    reader = CheckpointReader(model)
+    value = reader.read_rows(spec, 10, 20)
+    np.testing.assert_array_equal(value, BIG[10:20])
+    value[0, 0] = 123.0  # a private mapping: writable, and the file keeps its bytes
+    np.testing.assert_array_equal(reader.read_rows(spec, 10, 11), BIG[10:11])
+    os.truncate(shard, 100)
+    with pytest.raises(ModelFileError, match="truncated") as e:
+        reader.read_rows(spec, 10, 20)
+    assert shard in str(e.value)
