@@ -10,8 +10,9 @@ as several slices (one per part). By default it is read back whole (`w`); with
 `parts=True` each part (`w/part_0`, ...) is read on its own, by slice.
 
 Big variables (more bytes than `slice_bytes`) are read as row ranges along their first axis:
-- stored whole (the usual case) and numeric: the range's bytes are read directly from the data
-  shard, at the offset the index gives, so memory holds one range, never the whole tensor.
+- stored whole (the usual case) and numeric: the range comes straight from the data shard, at
+  the offset the index gives, as an array over a private memory map of those bytes (no copy;
+  the mapping goes with the array), so memory holds one range, never the whole tensor.
   TensorFlow's CRC32C covers the whole tensor, so these range reads are NOT checksum-verified
   (no crc32c implementation in the dependencies); everything else is.
 - stored as slices (partitioned), or when the index cannot be parsed here (an unknown block
