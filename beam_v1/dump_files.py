@@ -172,7 +172,6 @@ def write_stored(member, data) -> None:
     member._file_size += n
 
 
-
 class PartWriter:
     """Appends one model's records to a new part file in `folder`; `close()` -> PartInfo."""
 

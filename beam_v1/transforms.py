@@ -56,7 +56,9 @@ class RunV1Inference(beam.PTransform):
     If `schema` (the input's Arrow schema) is given, the plan is checked now, at
     construction, instead of on the first batch a worker sees. `checked` passes on what
     `preflight.check_scoring` already found for this model and input, so the model is not
-    checked twice.
+    checked twice. `example_feed` applies to tf.Example signatures fed from feature columns:
+    "auto" feeds the parse op's outputs directly where that is exact, "serialize" always
+    builds serialized examples.
     """
 
     def __init__(
