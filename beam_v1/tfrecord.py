@@ -20,26 +20,47 @@ def is_gzip(path: str, compression: str | None = None) -> bool:
     return path.endswith((".gz", ".gzip"))
 
 
+def masked_crc32c(data) -> int:
+    """TFRecord's checksum: CRC-32C, rotated right by 15 bits, plus a constant."""
+    import google_crc32c
+
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
 def read_records(path: str, compression: str | None = None) -> Iterator[bytes]:
-    """The records of one TFRecord file (length, masked crc, data, masked crc framing); a
-    truncated file is an error naming the offset."""
+    """The records of one TFRecord file (length, masked crc, data, masked crc framing). Both
+    checksums are verified, as TensorFlow's reader does; a truncated or corrupt file is an
+    error naming the record and its offset."""
     from apache_beam.io.filesystems import FileSystems
 
     with FileSystems.open(path, compression_type="uncompressed") as raw:
         stream = gzip.GzipFile(fileobj=raw) if is_gzip(path, compression) else raw
         offset = 0
+        index = 0
         while True:
             header = stream.read(12)
             if not header:
                 return
+            where = f"{path}: record {index} at byte {offset}"
             if len(header) < 12:
-                raise BeamV1Error(f"{path}: truncated TFRecord header at byte {offset}")
+                raise BeamV1Error(f"{where}: truncated TFRecord header")
+            (length_crc,) = struct.unpack("<I", header[8:])
+            if masked_crc32c(header[:8]) != length_crc:
+                raise BeamV1Error(f"{where}: corrupt TFRecord: the length's checksum does "
+                                  "not match, so the file cannot be read on from here")
             (length,) = struct.unpack("<Q", header[:8])
             data = stream.read(length + 4)
             if len(data) < length + 4:
-                raise BeamV1Error(f"{path}: truncated TFRecord at byte {offset}")
-            yield data[:length]
+                raise BeamV1Error(f"{where}: truncated TFRecord ({length} bytes announced)")
+            record = data[:length]
+            (data_crc,) = struct.unpack("<I", data[length:])
+            if masked_crc32c(record) != data_crc:
+                raise BeamV1Error(f"{where}: corrupt TFRecord: the data's checksum does not "
+                                  f"match its {length} bytes")
+            yield record
             offset += 16 + length
+            index += 1
 
 
 def decode_examples(
@@ -197,8 +218,8 @@ class ScoreTFRecord(beam.PTransform):
         from beam_v1.transforms import RunV1Inference, write_outputs
 
         spec, compression = self.spec, self.compression
-        # Beam's ReadFromTFRecord needs a crc32c package (apache-beam[tfrecord]); the framing
-        # is read here instead, one file per element (record CRCs are not verified)
+        # one file per element; `read_records` verifies both checksums of every record and
+        # names the file, record and offset of a corrupt one
         scored = (
             pbegin
             | "Match" >> fileio.MatchFiles(self.input_pattern)

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 import beam_v1
 from beam_v1 import examples, savedmodel, tfrecord
+from beam_v1.errors import BeamV1Error
 
 v1 = tf.compat.v1
 REALMODELS = Path(__file__).resolve().parents[2] / "shared" / "realmodels"
@@ -375,3 +376,50 @@ def test_score_command_dead_letters_rows_without_a_required_feature(tmp_path):
     assert "'x' is required" in failed.column("error")[0].as_py()
     scored = pq.read_table([str(p) for p in tmp_path.glob("out-0*.parquet")]).sort_by("k")
     np.testing.assert_allclose(np.ravel(scored.column("outputs").to_pylist()), [2.5, 3.5])
+
+
+# ------------------------------------------------------------------ TFRecord checksums
+
+
+def _write_tf_records(path, payloads):
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for p in payloads:
+            writer.write(p)
+
+
+def test_read_records_verifies_checksums_written_by_tensorflow(tmp_path):
+    payloads = [b"", b"a", bytes(range(256)) * 40, b"last"]
+    _write_tf_records(tmp_path / "ok.tfrecord", payloads)
+    assert list(tfrecord.read_records(str(tmp_path / "ok.tfrecord"))) == payloads
+    gz = tmp_path / "ok.tfrecord.gz"
+    with tf.io.TFRecordWriter(str(gz), options="GZIP") as writer:
+        for p in payloads:
+            writer.write(p)
+    assert list(tfrecord.read_records(str(gz))) == payloads
+
+
+@pytest.mark.parametrize("damage", ["data", "data_crc", "length", "length_crc"])
+def test_corrupt_tfrecord_names_the_record_and_offset(tmp_path, damage):
+    payloads = [b"first record", b"second record", b"third"]
+    path = tmp_path / "bad.tfrecord"
+    _write_tf_records(path, payloads)
+    raw = bytearray(path.read_bytes())
+    second = 16 + len(payloads[0])  # byte offset of the second record
+    position = {
+        "length": second + 1,
+        "length_crc": second + 9,
+        "data": second + 12 + 3,
+        "data_crc": second + 12 + len(payloads[1]) + 1,
+    }[damage]
+    raw[position] ^= 0x40
+    path.write_bytes(bytes(raw))
+    reader = tfrecord.read_records(str(path))
+    assert next(reader) == payloads[0]  # records before the damage are read
+    which = "length" if damage.startswith("length") else "data"
+    with pytest.raises(BeamV1Error, match=f"record 1 at byte {second}: corrupt TFRecord: the "
+                                          f"{which}'s checksum does not match") as info:
+        next(reader)
+    assert str(path) in str(info.value)
+    # TensorFlow's own reader refuses the same file
+    with pytest.raises(tf.errors.DataLossError):
+        list(tf.data.TFRecordDataset(str(path)).as_numpy_iterator())
