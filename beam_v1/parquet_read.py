@@ -40,6 +40,16 @@ def row_groups(path: str) -> list[tuple[str, int]]:
         return [(path, i) for i in range(parquet.metadata.num_row_groups)]
 
 
+def stored_bytes(row_group: pq.RowGroupMetaData, columns: list[str] | None = None) -> int:
+    """The bytes a row group's (selected) column chunks take in the file, compressed."""
+    chunks = (row_group.column(i) for i in range(row_group.num_columns))
+    return sum(
+        c.total_compressed_size
+        for c in chunks
+        if columns is None or c.path_in_schema.split(".")[0] in columns
+    )
+
+
 class _ReadRowGroupDoFn(beam.DoFn):
     def __init__(self, columns: list[str] | None):
         self._columns = columns
@@ -55,7 +65,7 @@ class _ReadRowGroupDoFn(beam.DoFn):
         while len(self._open) > _OPEN_FILES:
             self._open.popitem(last=False)[1].close()
         table = parquet.read_row_group(index, columns=self._columns)
-        self._bytes_read.inc(parquet.metadata.row_group(index).total_byte_size)
+        self._bytes_read.inc(stored_bytes(parquet.metadata.row_group(index), self._columns))
         yield table
 
     def finish_bundle(self) -> None:
