@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
@@ -158,10 +158,7 @@ def finalize(
     else:
         by_shard = dict(enumerate(sorted(written)))
         final = shard_names(prefix, max(len(by_shard), 1))
-    if by_shard:
-        FileSystems.rename(
-            [by_shard[i] for i in sorted(by_shard)], [final[i] for i in sorted(by_shard)]
-        )
+    _rename([by_shard[i] for i in sorted(by_shard)], [final[i] for i in sorted(by_shard)])
     for i, name in enumerate(final):
         if i not in by_shard:
             ParquetFileWriter(name, schema, codec).close()
@@ -172,6 +169,21 @@ def finalize(
         _log.info("could not delete %s: %s", temp_dir, e)
     _log.info("wrote %d file(s) %s-*", len(final), prefix)
     return final
+
+
+def _rename(sources: list[str], destinations: list[str]) -> None:
+    """Rename; a file a retried finalize finds already renamed (no source, the destination
+    there) is not an error."""
+    if not sources:
+        return
+    try:
+        FileSystems.rename(sources, destinations)
+    except BeamIOError as e:
+        pairs = e.exception_details or {}
+        if not pairs or any(
+            FileSystems.exists(src) or not FileSystems.exists(dst) for src, dst in pairs
+        ):
+            raise
 
 
 class WriteParquetTables(beam.PTransform):

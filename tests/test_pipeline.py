@@ -1054,6 +1054,29 @@ def test_write_parquet_tables_sinks_side_by_side(tmp_path, where):
     assert bool(MappedFileSystem.created) == (where == "beam_filesystem")
 
 
+def test_write_parquet_tables_finalize_retried_after_a_partial_rename(tmp_path):
+    """A finalize that died after renaming some files completes when it runs again; a temp
+    file that is neither renamed nor present is still an error."""
+    from apache_beam.io.filesystem import BeamIOError
+
+    from beam_v1.parquet_write import finalize
+
+    schema = pa.schema([("a", pa.int64())])
+    temp = tmp_path / "beam-temp-s-1"
+    temp.mkdir()
+    paths = []
+    for i in range(3):
+        paths.append(str(temp / f"{i}.parquet"))
+        pq.write_table(pa.table({"a": [i]}, schema=schema), paths[-1])
+    os.rename(paths[1], tmp_path / "s-00001-of-00003.parquet")  # the first attempt got this far
+    final = finalize(paths, str(tmp_path / "s"), str(temp), schema, "snappy")
+    assert [pq.read_table(f)["a"].to_pylist() for f in final] == [[0], [1], [2]]
+    assert not temp.exists()
+    temp.mkdir()
+    with pytest.raises(BeamIOError):
+        finalize([str(temp / "lost.parquet")], str(tmp_path / "t"), str(temp), schema, "snappy")
+
+
 def test_score_parquet_reads_input_from_a_beam_filesystem(built_models, tmp_path):
     root = tmp_path / "bucket"
     written = write_mlp_parquet(str(root / "in"), n_files=2, rows=70, bad_every=0)
