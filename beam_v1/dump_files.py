@@ -21,8 +21,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from beam_v1 import staging, variables
+from beam_v1 import variables
 from beam_v1.errors import ModelFileError
+from beam_v1.files import create_output, is_remote, open_input
 
 PARQUET_GROUP_BYTES = 8 << 20  # small records are batched into row groups of about this size
 PARQUET_BIG_ROW = 1 << 20  # a record bigger than this is its own row group, handed over uncopied
@@ -73,30 +74,8 @@ class PartInfo:
 # ------------------------------------------------------------------------ files
 
 
-def _create(path: str, arrow: bool = False):
-    """A binary file to write: a plain local file where possible, Beam's filesystem else."""
-    if staging.is_remote(path):
-        from apache_beam.io.filesystems import FileSystems
-
-        return FileSystems.create(path, compression_type="uncompressed")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if arrow:
-        import pyarrow as pa
-
-        return pa.OSFile(path, "wb")
-    return open(path, "wb")
-
-
-def _open(path: str):
-    if staging.is_remote(path):
-        from apache_beam.io.filesystems import FileSystems
-
-        return FileSystems.open(path, compression_type="uncompressed")
-    return open(path, "rb")
-
-
 def _rename(src: str, dst: str) -> None:
-    if staging.is_remote(src) or staging.is_remote(dst):
+    if is_remote(src) or is_remote(dst):
         from apache_beam.io.filesystems import FileSystems
 
         FileSystems.rename([src], [dst])
@@ -108,7 +87,7 @@ def delete_files(paths: Iterable[str]) -> None:
     """Delete files, ignoring those already gone."""
     for path in paths:
         try:
-            if staging.is_remote(path):
+            if is_remote(path):
                 from apache_beam.io.filesystems import FileSystems
 
                 if FileSystems.exists(path):
@@ -124,7 +103,7 @@ def write_jsonl(path: str, rows: Sequence[dict]) -> None:
     import json
 
     temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with _create(temp) as f:
+    with create_output(temp) as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
     _rename(temp, path)
 
@@ -204,7 +183,7 @@ class ParquetPartWriter(PartWriter):
 
     def __init__(self, folder: str, model: str):
         super().__init__(folder, model, "parquet")
-        self._file = _create(self.path, arrow=True)
+        self._file = create_output(self.path, arrow=True)
         self._writer = parquet_writer(self._file)
         self._rows: list[dict] = []
         self._size = 0
@@ -259,7 +238,7 @@ class NpzPartWriter(PartWriter):
 
     def __init__(self, folder: str, model: str):
         super().__init__(folder, model, "npz")
-        self._file = _create(self.path)
+        self._file = create_output(self.path)
         self._zip = zipfile.ZipFile(self._file, "w", zipfile.ZIP_STORED, allowZip64=True)
         self._runs: list[NpzRun] = []
         self._open = None  # (member file, NpzRun so far, the variable's number of slices)
@@ -416,7 +395,7 @@ def _concat_parquet(out, parts: Sequence[PartInfo]) -> None:
 
     with parquet_writer(out) as writer:
         for part in parts:
-            with _open(part.path) as f:
+            with open_input(part.path) as f:
                 pf = pq.ParquetFile(f)
                 for group in range(pf.num_row_groups):
                     writer.write_table(pf.read_row_group(group))
@@ -455,7 +434,7 @@ def _concat_npz(out, parts: Sequence[PartInfo]) -> None:
     zips, files = {}, []
     try:
         for part in parts:
-            files.append(_open(part.path))
+            files.append(open_input(part.path))
             zips[part.path] = zipfile.ZipFile(files[-1])
         with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             for meta in order:
@@ -528,7 +507,7 @@ def finalize(final: str, parts: Sequence[PartInfo]) -> str:
             return "renamed"
         temp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            with _create(temp, arrow=parts[0].fmt == "parquet") as out:
+            with create_output(temp, arrow=parts[0].fmt == "parquet") as out:
                 if parts[0].fmt == "parquet":
                     _concat_parquet(out, parts)
                 else:

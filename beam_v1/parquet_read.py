@@ -12,31 +12,39 @@ footers are read in parallel).
 from __future__ import annotations
 
 import collections
+import contextlib
+from collections.abc import Iterator
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from beam_v1 import staging
+from beam_v1 import files
 
 _OPEN_FILES = 4  # row groups arrive shuffled: keep a few files' footers open
 
 
 def open_parquet(path: str) -> pq.ParquetFile:
-    """A ParquetFile for `path` on any filesystem Beam knows; local files use native I/O."""
-    if not staging.is_remote(path):
-        return pq.ParquetFile(path[len("file://"):] if path.startswith("file://") else path)
-    handle = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    return pq.ParquetFile(pa.PythonFile(handle, mode="r"))
+    """A ParquetFile for `path` on any filesystem Beam knows; local files use native I/O.
+    Close it with `close(force=True)`: the file object is ours to close, not pyarrow's."""
+    return pq.ParquetFile(files.open_input(path, arrow=True))
+
+
+@contextlib.contextmanager
+def reading_parquet(path: str) -> Iterator[pq.ParquetFile]:
+    """`open_parquet` for a `with` block: the file is closed at its end."""
+    parquet = open_parquet(path)
+    try:
+        yield parquet
+    finally:
+        parquet.close(force=True)
 
 
 def row_groups(path: str) -> list[tuple[str, int]]:
     """(path, index) of every row group of the Parquet file at `path`."""
-    with open_parquet(path) as parquet:
+    with reading_parquet(path) as parquet:
         return [(path, i) for i in range(parquet.metadata.num_row_groups)]
 
 
@@ -63,14 +71,14 @@ class _ReadRowGroupDoFn(beam.DoFn):
         parquet = self._open.pop(path, None) or open_parquet(path)
         self._open[path] = parquet
         while len(self._open) > _OPEN_FILES:
-            self._open.popitem(last=False)[1].close()
+            self._open.popitem(last=False)[1].close(force=True)
         table = parquet.read_row_group(index, columns=self._columns)
         self._bytes_read.inc(stored_bytes(parquet.metadata.row_group(index), self._columns))
         yield table
 
     def finish_bundle(self) -> None:
         for parquet in self._open.values():
-            parquet.close()
+            parquet.close(force=True)
         self._open.clear()
 
 

@@ -20,13 +20,13 @@ from collections.abc import Iterable
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import BeamIOError, CompressionTypes
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from beam_v1 import staging
+from beam_v1 import files
 
 _log = logging.getLogger(__name__)
 ROW_GROUP_BYTES = 64 << 20  # tables are buffered to about this size per row group
@@ -36,21 +36,15 @@ class ParquetFileWriter:
     """A ParquetWriter for `path` on any filesystem Beam knows; local paths use native I/O."""
 
     def __init__(self, path: str, schema: pa.Schema, codec: str):
-        self._handle = None
-        if staging.is_remote(path):
-            self._handle = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
-            where = pa.PythonFile(self._handle, mode="w")
-        else:
-            where = path[len("file://"):] if path.startswith("file://") else path
-        self._writer = pq.ParquetWriter(where, schema, compression=codec)
+        self._handle = files.create_output(path, arrow=True)
+        self._writer = pq.ParquetWriter(self._handle, schema, compression=codec)
 
     def write_table(self, table: pa.Table) -> None:
         self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
 
     def close(self) -> None:
         self._writer.close()  # writes the footer; a file object passed in stays open
-        if self._handle is not None:
-            self._handle.close()
+        self._handle.close()
 
 
 def shard_names(prefix: str, count: int, suffix: str = ".parquet") -> list[str]:

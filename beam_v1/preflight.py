@@ -7,11 +7,11 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from beam_v1 import columns, ops, savedmodel, staging
 from beam_v1.errors import BeamV1Error, ModelFileError, SchemaError
+from beam_v1.parquet_read import reading_parquet
 
 _log = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ def match_files(pattern: str) -> list[str]:
 
 def read_schema(path: str) -> pa.Schema:
     try:
-        with FileSystems.open(path) as f:
-            return pq.read_schema(pa.PythonFile(f, mode="r"))
+        with reading_parquet(path) as parquet:
+            return parquet.schema_arrow
     except Exception as e:
         raise BeamV1Error(f"Cannot read the Parquet footer of {path}: {e}") from e
 
@@ -127,8 +127,7 @@ def probe_output_shapes(local, tags, sig, first_file, schema, plan_kwargs, load_
 
     model = load(local, tags=tags, signature=sig.key, **load_options)
     try:
-        with FileSystems.open(first_file) as f:
-            parquet = pq.ParquetFile(pa.PythonFile(f, mode="r"))
+        with reading_parquet(first_file) as parquet:
             sample = next(parquet.iter_batches(batch_size=8), None)
         if sample is None or sample.num_rows == 0:
             raise SchemaError(

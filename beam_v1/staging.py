@@ -10,21 +10,17 @@ import threading
 from apache_beam.io.filesystems import FileSystems
 
 from beam_v1.errors import ModelFileError
+from beam_v1.files import is_remote, local_path
 
 _log = logging.getLogger(__name__)
 _staged: dict[str, str] = {}
 _lock = threading.Lock()
 
 
-def is_remote(path: str) -> bool:
-    scheme = FileSystems.get_scheme(path)
-    return scheme not in (None, "file")
-
-
 def local_model_dir(path: str) -> str:
     """A local directory holding the model at `path`; remote models are copied once per process."""
     if not is_remote(path):
-        return path[len("file://") :] if path.startswith("file://") else path
+        return local_path(path)
     with _lock:
         if path in _staged and os.path.isdir(_staged[path]):
             return _staged[path]

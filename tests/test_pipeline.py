@@ -981,7 +981,7 @@ def _row_group_files(folder, sizes_and_groups):
 
 @pytest.mark.parametrize("where", ["local", "beam_filesystem"])
 def test_read_parquet_row_groups_yields_each_row_group_once(tmp_path, where):
-    from beam_v1.parquet_read import ReadParquetRowGroups, open_parquet
+    from beam_v1.parquet_read import ReadParquetRowGroups, reading_parquet
 
     root = tmp_path / "bucket"
     ids, groups = _row_group_files(str(root / "in"), [(250, 100), (40, 1000), (0, 10)])
@@ -1010,7 +1010,8 @@ def test_read_parquet_row_groups_yields_each_row_group_once(tmp_path, where):
         assert opened == {f"beamv1test://in/part-{i}.parquet" for i in range(3)}
     else:  # local files are opened by pyarrow itself
         assert opened == set()
-        assert open_parquet(pattern.replace("*", "part-0")).metadata.num_rows == 250
+        with reading_parquet(pattern.replace("*", "part-0")) as parquet:
+            assert parquet.metadata.num_rows == 250
 
 
 @pytest.mark.parametrize("where", ["local", "beam_filesystem"])
@@ -1075,6 +1076,31 @@ def test_write_parquet_tables_finalize_retried_after_a_partial_rename(tmp_path):
     temp.mkdir()
     with pytest.raises(BeamIOError):
         finalize([str(temp / "lost.parquet")], str(tmp_path / "t"), str(temp), schema, "snappy")
+
+
+def test_outputs_in_folders_that_do_not_exist_yet(built_models, tmp_path):
+    """Every row scored: the dead letter, in a new folder of its own, is one empty file; an
+    input without rows gives one empty scored file in a new folder."""
+    written = write_mlp_parquet(str(tmp_path / "in"), n_files=1, rows=30, bad_every=0)
+    dead = str(tmp_path / "new" / "dead" / "rows")
+    summary = score(model=built_models["mlp"], input_pattern=str(tmp_path / "in" / "*.parquet"),
+                    output_prefix=str(tmp_path / "out" / "s"), dead_letter_prefix=dead,
+                    progress=False)
+    assert summary["rows_scored"] == 30
+    check_parquet_scores(built_models["mlp"], read_outputs(str(tmp_path / "out" / "s"))[1],
+                         written)
+    assert summary["dead_letter_files"] == [f"{dead}-00000-of-00001.parquet"]
+    assert_empty_dead_letter(dead, summary["dead_letter_files"])
+
+    empty = pq.read_table(tmp_path / "in" / "part-0.parquet")
+    os.makedirs(tmp_path / "empty")
+    pq.write_table(empty.slice(0, 0), tmp_path / "empty" / "none.parquet")
+    prefix = str(tmp_path / "new2" / "out" / "s")
+    summary = score(model=built_models["mlp"], input_pattern=str(tmp_path / "empty" / "*"),
+                    output_prefix=prefix, progress=False)
+    assert summary["rows_in"] == 0
+    assert summary["files_written"] == [f"{prefix}-00000-of-00001.parquet"]
+    assert pq.read_table(summary["files_written"][0]).num_rows == 0
 
 
 def test_score_parquet_reads_input_from_a_beam_filesystem(built_models, tmp_path):

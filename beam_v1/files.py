@@ -1,0 +1,44 @@
+"""Files on any filesystem Beam knows: local paths with native I/O, other schemes (gs://,
+s3://, a registered plugin) through Beam's `FileSystems`, so credentials and options stay
+Beam's. No compression is inferred from a file's extension."""
+
+from __future__ import annotations
+
+import os
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+
+def is_remote(path: str) -> bool:
+    return FileSystems.get_scheme(path) not in (None, "file")
+
+
+def local_path(path: str) -> str:
+    """A local `path` without its `file://` scheme."""
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
+def open_input(path: str, arrow: bool = False):
+    """A binary file to read; a local one is a `pyarrow.OSFile` with `arrow=True`."""
+    if is_remote(path):
+        return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    if arrow:
+        import pyarrow as pa
+
+        return pa.OSFile(local_path(path), "rb")
+    return open(local_path(path), "rb")
+
+
+def create_output(path: str, arrow: bool = False):
+    """A binary file to write (local parent folders are made); a local one is a
+    `pyarrow.OSFile` with `arrow=True`."""
+    if is_remote(path):
+        return FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    path = local_path(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if arrow:
+        import pyarrow as pa
+
+        return pa.OSFile(path, "wb")
+    return open(path, "wb")
