@@ -10,6 +10,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
+from beam_v1 import files
 from beam_v1.errors import BeamV1Error
 
 
@@ -32,9 +33,7 @@ def read_records(path: str, compression: str | None = None) -> Iterator[bytes]:
     """The records of one TFRecord file (length, masked crc, data, masked crc framing). Both
     checksums are verified, as TensorFlow's reader does; a truncated or corrupt file is an
     error naming the record and its offset."""
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path, compression_type="uncompressed") as raw:
+    with files.open_input(path) as raw:
         stream = gzip.GzipFile(fileobj=raw) if is_gzip(path, compression) else raw
         offset = 0
         index = 0
@@ -236,7 +235,6 @@ class ScoreTFRecord(beam.PTransform):
                 column_map={SERIALIZED_COLUMN: self.input_key},
                 batch_size=self.batch_size,
                 max_batch_bytes=self.max_batch_bytes,
-                schema=self.input_schema,
                 progress_seconds=self.progress_seconds,
                 checked=self.checked,
                 **self.load_options,
@@ -244,10 +242,9 @@ class ScoreTFRecord(beam.PTransform):
         )
         return write_outputs(
             scored,
+            self.checked,
             output_prefix=self.output_prefix,
             dead_letter_prefix=self.dead_letter_prefix,
-            output_schema=self.output_schema,
-            failed_schema=self.failed_schema,
             codec=self.codec,
             num_shards=self.num_shards,
         )

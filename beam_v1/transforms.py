@@ -207,7 +207,6 @@ class ScoreParquet(beam.PTransform):
             | "Infer"
             >> RunV1Inference(
                 self.model,
-                schema=checked.input_schema,
                 batch_size=self.batch_size,
                 max_batch_bytes=self.max_batch_bytes,
                 progress_seconds=self.progress_seconds,
@@ -220,10 +219,9 @@ class ScoreParquet(beam.PTransform):
         )
         return write_outputs(
             scored,
+            checked,
             output_prefix=self.output_prefix,
             dead_letter_prefix=self.dead_letter_prefix,
-            output_schema=checked.output_schema,
-            failed_schema=checked.failed_schema,
             codec=self.codec,
             num_shards=self.num_shards,
         )
@@ -231,15 +229,16 @@ class ScoreParquet(beam.PTransform):
 
 def write_outputs(
     scored,
+    checked: preflight.Checked,
     *,
     output_prefix: str,
     dead_letter_prefix: str,
-    output_schema: pa.Schema,
-    failed_schema: pa.Schema,
     codec: str,
     num_shards: int,
 ) -> dict:
-    """RunV1Inference's outputs -> scored and dead-letter Parquet files."""
+    """RunV1Inference's outputs -> scored and dead-letter Parquet files, with the schemas
+    the checks before the run found."""
+    output_schema, failed_schema = checked.output_schema, checked.failed_schema
     # every file's tables must match the one schema each sink writes (the first file's):
     # a later file may order its columns differently or use a narrower type
     written = scored[SCORED] | "WriteScored" >> WriteParquetTables(
