@@ -34,7 +34,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from beam_v1 import dump_files, savedmodel, staging, variables
+from beam_v1 import dump_files, files, savedmodel, staging, variables
 from beam_v1.errors import BeamV1Error
 
 _log = logging.getLogger(__name__)
@@ -395,6 +395,6 @@ class WriteVariables(beam.PTransform):
 
 def local_dir_for(prefix: str) -> None:
     """Create the local folder of an output prefix (remote filesystems need none)."""
-    if not staging.is_remote(prefix):
-        folder = os.path.dirname(os.path.abspath(prefix))
+    if not files.is_remote(prefix):
+        folder = os.path.dirname(os.path.abspath(files.local_path(prefix)))
         os.makedirs(folder, exist_ok=True)
