@@ -28,6 +28,7 @@ import io
 import json
 import logging
 import math
+import mmap
 import os
 import struct
 from collections.abc import Iterator, Sequence
@@ -457,31 +458,62 @@ def iter_slices(
             del piece  # before the next read: one slice in memory here, not two
 
 
-def _map_rows(path: str, offset: int, spec: VariableSpec, shape: tuple[int, ...]) -> np.ndarray:
-    """The bytes [offset, offset + size) of a data shard as an array over a private (copy on
-    write) memory map of the file: no copy, and the pages are the page cache's own, so writing
-    them out costs one copy instead of two (read + write): measured 2-3x less CPU than
-    `readinto` a buffer here. The mapping goes when the last view of the array does. A file
-    shorter than needed is an error before mapping (touching a page past the end would be a
-    SIGBUS)."""
-    import mmap
+class _ShardMap(mmap.mmap):
+    """A read-only map of part of a data shard that remembers which file (by device and inode)
+    and where in it, so that a writer can have the kernel copy the bytes (`mapped_range`)."""
 
+
+@dataclasses.dataclass(frozen=True)
+class MappedRange:
+    """Where an array's bytes lie in a checkpoint data shard."""
+
+    path: str
+    device: int
+    inode: int
+    offset: int
+    nbytes: int
+
+
+def _map_rows(path: str, offset: int, spec: VariableSpec, shape: tuple[int, ...]) -> np.ndarray:
+    """The bytes [offset, offset + size) of a data shard as a read-only array over a memory map
+    of the file: no copy, and the pages are the page cache's own, so writing them out costs one
+    copy instead of two (read + write), or none in user space (`mapped_range`): measured 2-3x
+    less CPU than `readinto` a buffer here. The mapping goes when the last view of the array
+    does. A file shorter than needed is an error before mapping (touching a page past the end
+    would be a SIGBUS)."""
     nbytes = math.prod(shape) * spec.numpy_dtype.itemsize
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if offset + nbytes > size:
+        stat = os.fstat(f.fileno())
+        if offset + nbytes > stat.st_size:
             raise ModelFileError(
                 f"Data shard {path} is truncated: variable {spec.name!r} needs bytes "
-                f"{offset}:{offset + nbytes}, the file has {size}."
+                f"{offset}:{offset + nbytes}, the file has {stat.st_size}."
             )
         if nbytes == 0:
             return np.empty(shape, spec.numpy_dtype)
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        mapped = mmap.mmap(
-            f.fileno(), offset + nbytes - start, access=mmap.ACCESS_COPY, offset=start
+        mapped = _ShardMap(
+            f.fileno(), offset + nbytes - start, access=mmap.ACCESS_READ, offset=start
         )
     data = np.frombuffer(mapped, np.uint8, count=nbytes, offset=offset - start)
+    address = data.ctypes.data - (offset - start)
+    mapped.source = (os.path.abspath(path), stat.st_dev, stat.st_ino, start, address)
     return data.view(spec.numpy_dtype).reshape(shape)
+
+
+def mapped_range(value: np.ndarray) -> MappedRange | None:
+    """Where `value`'s bytes are in a data shard, if it is a contiguous view of a `read_rows`
+    map (never after a copy or a pickle: those own their bytes)."""
+    base = value
+    while isinstance(base, np.ndarray | memoryview):
+        base = base.base if isinstance(base, np.ndarray) else base.obj
+    if not isinstance(base, _ShardMap) or not value.flags.c_contiguous:
+        return None
+    path, device, inode, start, address = base.source
+    delta = value.ctypes.data - address
+    if delta < 0 or delta + value.nbytes > len(base):
+        return None
+    return MappedRange(path, device, inode, start + delta, int(value.nbytes))
 
 
 def slice_plan(spec: VariableSpec, slice_bytes: int) -> tuple[int, int]:

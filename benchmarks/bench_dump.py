@@ -142,7 +142,7 @@ def main() -> int:
     parser.add_argument("--big-mb", type=float, default=200)
     parser.add_argument("--small", type=int, default=100)
     parser.add_argument("--small-mb", type=float, default=2)
-    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--workdir", default=None, help="where the run's own temp folder goes")
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds (median)")
     parser.add_argument("--model", default=None, help="a model generated before (--keep)")
@@ -153,7 +153,8 @@ def main() -> int:
     if args.child:
         child(*args.child)
         return 0
-    work = args.workdir or tempfile.mkdtemp(prefix="bench_dump_")
+    # only what this run creates is deleted: never a --model given, nor anything else in --workdir
+    work = tempfile.mkdtemp(prefix="bench_dump_", dir=args.workdir)
     model = args.model or os.path.join(work, "model")
     try:
         t = time.perf_counter()
@@ -195,6 +196,8 @@ def main() -> int:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+        elif not args.model:
+            print(f"model kept in {model}", flush=True)
     return 0
 
 
