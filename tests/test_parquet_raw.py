@@ -180,3 +180,21 @@ def test_write_bytes_never_copies_a_replaced_shard(shard, tmp_path):
     with open(out, "wb") as f:
         dump_files.write_bytes(f, mapped)
     assert out.read_bytes() == data.tobytes()
+
+
+def test_background_copies_fill_their_range_and_report_failures(shard, tmp_path):
+    path, data, mapped = shard
+    copies = dump_files.BackgroundCopies()
+    out = tmp_path / "out.bin"
+    with open(out, "wb") as f:
+        dump_files.write_bytes(f, mapped[:32], copies)
+        assert f.tell() == data[:32].nbytes  # moved past the range before it is copied
+        f.write(b"after")
+        dump_files.write_bytes(f, mapped[32:], copies)
+        copies.wait()
+    assert out.read_bytes() == data[:32].tobytes() + b"after" + data[32:].tobytes()
+
+    with open(out, "rb") as read_only:  # neither the kernel nor pwrite can write here
+        dump_files.write_bytes(read_only, mapped, copies)
+        with pytest.raises(OSError):
+            copies.wait()
