@@ -194,6 +194,7 @@ class DumpVariables(beam.PTransform):
     Returns a DoOutputsTuple: `result.variables` (records) and `result.failed` (dicts with
     `model` and `error`: a model that cannot be read; the others are still dumped). Reads the
     checkpoint only, never the graph. Partitioned variables come whole unless `parts=True`.
+    A slice's value is a read-only array mapped from the checkpoint's data shard.
     """
 
     def __init__(

@@ -133,58 +133,86 @@ def write_bytes(file, value, background: BackgroundCopies | None = None) -> None
     (`variables.mapped_range`) going to a local file is copied by the kernel
     (`os.copy_file_range`: measured 2.3x faster than writing it from the map here), on
     `background`'s thread if given (the file's position moves past the range at once);
-    anything else, or whatever the kernel refuses to copy, is written from memory."""
+    anything else is written from memory."""
     source = variables.mapped_range(value) if isinstance(value, np.ndarray) else None
     fileno = _fileno(file) if source is not None else None
-    if fileno is None or not hasattr(os, "copy_file_range"):
+    shard = _open_shard(source) if fileno is not None else None
+    if shard is None:
         file.write(parquet_raw.as_bytes(value))
         return
     file.flush()
     pos = file.tell()
     file.seek(pos + source.nbytes)
     if background is None:
-        _copy_range(source, value, fileno, pos)
+        _copy_range(shard, source.offset, source.nbytes, fileno, pos)
     else:
-        background.submit(source, value, fileno, pos)
+        background.submit(shard, source.offset, source.nbytes, fileno, pos)
 
 
-def _copy_range(source: variables.MappedRange, value: np.ndarray, fileno: int, pos: int) -> None:
-    """`value` (mapped from `source`) into `fileno` at `pos`: by the kernel, and what it did
-    not copy (the shard was replaced, or no copy_file_range for these file systems) from
-    memory."""
-    done = 0
+def _open_shard(source: variables.MappedRange):
+    """The shard `source` was mapped from, opened, or None if the file at that path is no
+    longer the one mapped (or cannot be opened), or the kernel cannot copy."""
+    if not hasattr(os, "copy_file_range"):
+        return None
     try:
-        with open(source.path, "rb") as src:
-            stat = os.fstat(src.fileno())
-            if (stat.st_dev, stat.st_ino) == (source.device, source.inode):
-                while done < source.nbytes:
-                    n = os.copy_file_range(
-                        src.fileno(), fileno, source.nbytes - done, source.offset + done, pos + done
-                    )
-                    if n <= 0:
-                        break
-                    done += n
+        shard = open(source.path, "rb")
     except OSError:
-        pass
-    data = memoryview(value.reshape(-1)).cast("B")
-    while done < source.nbytes:
-        done += os.pwrite(fileno, data[done:], pos + done)
+        return None
+    stat = os.fstat(shard.fileno())
+    if (stat.st_dev, stat.st_ino) != (source.device, source.inode):
+        shard.close()
+        return None
+    return shard
+
+
+def _copy_range(shard, offset: int, nbytes: int, fileno: int, pos: int) -> None:
+    """Bytes [offset, offset + nbytes) of the open `shard` into `fileno` at `pos`, by the
+    kernel; what it refuses to copy (file systems without copy_file_range) read and written
+    in chunks. Closes `shard`."""
+    with shard:
+        done = 0
+        try:
+            while done < nbytes:
+                n = os.copy_file_range(
+                    shard.fileno(), fileno, nbytes - done, offset + done, pos + done
+                )
+                if n <= 0:
+                    break
+                done += n
+        except OSError:
+            pass
+        while done < nbytes:
+            chunk = os.pread(shard.fileno(), min(_COPY_CHUNK, nbytes - done), offset + done)
+            if not chunk:
+                raise ModelFileError(
+                    f"{shard.name} ended while copying bytes {offset}:{offset + nbytes}"
+                )
+            view = memoryview(chunk)
+            while view:
+                k = os.pwrite(fileno, view, pos + done)
+                view = view[k:]
+                done += k
 
 
 class BackgroundCopies:
     """Copies of mapped ranges into one part file, one at a time on a thread of their own,
-    while the part's writer goes on after them; `wait()` before the file is closed."""
+    while the part's writer goes on after them; `wait()` before the file is closed. A pending
+    copy holds the shard's file open, not the mapped array, so running ahead costs no memory,
+    only a file descriptor each (at most `ahead`)."""
 
-    def __init__(self):
+    def __init__(self, ahead: int = 64):
         self._pending: list = []
+        self._ahead = ahead
 
-    def submit(self, source: variables.MappedRange, value, fileno: int, pos: int) -> None:
+    def submit(self, shard, offset: int, nbytes: int, fileno: int, pos: int) -> None:
         global _copy_pool
         if _copy_pool is None:
             import concurrent.futures
 
             _copy_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="beam_v1-copy")
-        self._pending.append(_copy_pool.submit(_copy_range, source, value, fileno, pos))
+        while len(self._pending) >= self._ahead:
+            self._pending.pop(0).result()
+        self._pending.append(_copy_pool.submit(_copy_range, shard, offset, nbytes, fileno, pos))
 
     def wait(self) -> None:
         """Block until every copy is done; raise the first one's error."""
