@@ -1,7 +1,7 @@
 """Benchmark: a TF1 model's variables out, three ways, on a generated ~1 GB model.
 
     python benchmarks/bench_dump.py [--big 4 --big-mb 200 --small 100 --small-mb 2]
-        [--repeat 5] [--workdir DIR] [--model DIR] [--keep]
+        [--repeat 5] [--workdir DIR] [--model DIR] [--keep] [--baseline SRC_TREE]
         [--results benchmarks/out/RESULTS-dump.md]
     (the results file is then pasted into benchmarks/RESULTS.md)
 
@@ -13,7 +13,9 @@ TensorFlow, Apache Beam and beam_v1. With `--repeat N` the three runs are interl
 (a, b, c, a, b, c, ...: a busy shared machine slows neighbours alike) and the table gives the
 median, plus each round's (b)/(a) and (c)/(a) ratios. Every variable's SHA-256 from (a) is
 compared with the dumps read back by `read_variables` (not timed). Generated data is deleted
-at the end unless `--keep`; `--model DIR` reuses a model generated before.
+at the end unless `--keep`; `--model DIR` reuses a model generated before. `--baseline DIR`
+adds (b) and (c) run with the beam_v1 of another source tree (e.g. `git worktree add DIR
+COMMIT`), interleaved with the others: before and after, side by side in one run.
 """
 
 from __future__ import annotations
@@ -123,7 +125,14 @@ def child(mode: str, model: str, out: str) -> None:
         peak = _peak_mb()
     print(
         json.dumps(
-            {"mode": mode, "seconds": seconds, "base_mb": base, "peak_mb": peak, "hashes": hashes}
+            {
+                "mode": mode,
+                "seconds": seconds,
+                "base_mb": base,
+                "peak_mb": peak,
+                "hashes": hashes,
+                "beam_v1": os.path.dirname(os.path.dirname(beam_v1.dump.__file__)),
+            }
         )
     )
 
@@ -144,6 +153,7 @@ def main() -> int:
     parser.add_argument("--small-mb", type=float, default=2)
     parser.add_argument("--workdir", default=None, help="where the run's own temp folder goes")
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
+    parser.add_argument("--baseline", default=None, help="a source tree to compare against")
     parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds (median)")
     parser.add_argument("--model", default=None, help="a model generated before (--keep)")
     parser.add_argument(
@@ -172,9 +182,9 @@ def main() -> int:
         rounds = []
         for i in range(args.repeat):
             runs = {}
-            for mode in ("session", "parquet", "npz"):
+            for mode in _modes(args):
                 out = os.path.join(work, f"{mode}-{i}", "dump")
-                runs[mode] = _run_child(mode, model, out)
+                runs[mode] = _run_child(mode, model, out, args.baseline)
                 r = runs[mode]
                 print(
                     f"round {i + 1}: {mode}: {r['seconds']:.2f} s, peak RSS "
@@ -182,10 +192,10 @@ def main() -> int:
                     flush=True,
                 )
             expected = runs["session"]["hashes"]
-            for mode in ("parquet", "npz"):
+            for mode in _modes(args)[1:]:
                 folder = os.path.join(work, f"{mode}-{i}")
                 runs[mode]["exact"] = _verify(mode, os.path.join(folder, "dump"), expected)
-                files = [f for f in os.listdir(folder) if f.endswith(mode)]
+                files = [f for f in os.listdir(folder) if f.endswith(_format(mode))]
                 runs[mode]["file_mb"] = (
                     sum(os.path.getsize(os.path.join(folder, f)) for f in files) / 2**20
                 )
@@ -201,18 +211,33 @@ def main() -> int:
     return 0
 
 
-def _run_child(mode: str, model: str, out: str) -> dict:
+def _modes(args) -> list[str]:
+    return ["session", "parquet", "npz"] + (["parquet@base", "npz@base"] if args.baseline else [])
+
+
+def _format(mode: str) -> str:
+    return mode.split("@")[0]
+
+
+def _run_child(mode: str, model: str, out: str, baseline: str | None) -> dict:
+    env = dict(os.environ)
+    if mode.endswith("@base"):  # sys.path comes before the editable install's finder
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [baseline, env.get("PYTHONPATH")]))
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", mode, model, out],
+        [sys.executable, __file__, "--child", _format(mode), model, out],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
     lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     if proc.returncode or not lines:
         print(proc.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"{mode} run failed")
-    return json.loads(lines[-1])
+    result = json.loads(lines[-1])
+    if mode.endswith("@base") and os.path.realpath(result["beam_v1"]) != os.path.realpath(baseline):
+        raise SystemExit(f"{mode} imported beam_v1 from {result['beam_v1']}, not {baseline}")
+    return result
 
 
 def _median(values: list[float]) -> float:
@@ -221,10 +246,19 @@ def _median(values: list[float]) -> float:
     return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
+_LABELS = {
+    "session": "(a) load + sess.run(global_variables())",
+    "parquet": "(b) DumpVariables -> Parquet",
+    "npz": "(c) DumpVariables -> npz",
+    "parquet@base": "(b) baseline tree",
+    "npz@base": "(c) baseline tree",
+}
+
+
 def _write_results(args, info, rounds) -> None:
     mib = 2**20
     largest = info["largest"] / mib
-    modes = ("session", "parquet", "npz")
+    modes = _modes(args)
     med = {
         mode: {
             key: _median([r[mode][key] for r in rounds])
@@ -235,20 +269,16 @@ def _write_results(args, info, rounds) -> None:
     worst_extra = {
         mode: max(r[mode]["peak_mb"] - r[mode]["base_mb"] for r in rounds) for mode in modes
     }
-    exact = {mode: all(r[mode]["exact"] for r in rounds) for mode in ("parquet", "npz")}
+    exact = {mode: all(r[mode]["exact"] for r in rounds) for mode in modes[1:]}
     a = med["session"]
     rows = []
-    for mode, label in (
-        ("session", "(a) load + sess.run(global_variables())"),
-        ("parquet", "(b) DumpVariables -> Parquet"),
-        ("npz", "(c) DumpVariables -> npz"),
-    ):
+    for mode in modes:
         r = med[mode]
         extra = worst_extra[mode]
         ratio = "1.00" if mode == "session" else f"{r['seconds'] / a['seconds']:.2f}"
         rows.append(
-            f"| {label} | {r['seconds']:.2f} | {ratio} | {r['peak_mb']:,.0f} | {extra:,.0f} | "
-            f"{extra / largest:.2f}x | "
+            f"| {_LABELS[mode]} | {r['seconds']:.2f} | {ratio} | {r['peak_mb']:,.0f} | "
+            f"{extra:,.0f} | {extra / largest:.2f}x | "
             + (
                 "n/a (reference)"
                 if mode == "session"
@@ -256,12 +286,32 @@ def _write_results(args, info, rounds) -> None:
             )
             + " |"
         )
+    short = {m: _LABELS[m].split(" ")[0] + (" base" if m.endswith("@base") else "") for m in modes}
+    per_round_head = (
+        "| round | "
+        + " | ".join(short[m] for m in modes)
+        + " | "
+        + " | ".join(f"{short[m]}/(a)" for m in modes[1:])
+        + " |\n|"
+        + "---|" * (2 * len(modes))
+    )
     per_round = "\n".join(
-        f"| {i + 1} | {r['session']['seconds']:.2f} | {r['parquet']['seconds']:.2f} | "
-        f"{r['npz']['seconds']:.2f} | {r['parquet']['seconds'] / r['session']['seconds']:.2f} | "
-        f"{r['npz']['seconds'] / r['session']['seconds']:.2f} |"
+        f"| {i + 1} | "
+        + " | ".join(f"{r[m]['seconds']:.2f}" for m in modes)
+        + " | "
+        + " | ".join(f"{r[m]['seconds'] / r['session']['seconds']:.2f}" for m in modes[1:])
+        + " |"
         for i, r in enumerate(rounds)
     )
+    baseline = ""
+    if args.baseline:
+        commit = subprocess.run(
+            ["git", "-C", args.baseline, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        baseline = f"Baseline tree: `{args.baseline}` (commit {commit or 'unknown'}).\n"
     verdicts = []
     for mode in ("parquet", "npz"):
         r = med[mode]
@@ -277,14 +327,15 @@ def _write_results(args, info, rounds) -> None:
         )
     extra_a = worst_extra["session"]
     text = f"""Command: `python benchmarks/bench_dump.py --big {args.big} --big-mb {args.big_mb:g} \
---small {args.small} --small-mb {args.small_mb:g} --repeat {args.repeat}`
+--small {args.small} --small-mb {args.small_mb:g} --repeat {args.repeat}\
+{" --baseline " + args.baseline if args.baseline else ""}`
 
 Generated model (tf.compat.v1, written by this TensorFlow): {info["variables"]} float32
 variables, {info["bytes"] / mib:,.0f} MiB in total; {args.big} of {largest:,.0f} MiB
 (half resource, half ref variables) and {args.small} of {args.small_mb:g} MiB. Default slice
 threshold (64 MiB), so each big variable travels as {int(-(-largest // 64))} slices.
-Machine: {os.cpu_count()} CPUs, DirectRunner (in-process FnApiRunner). Each run in its own
-process, the three interleaved {len(rounds)} times; seconds and peak RSS are medians, "extra"
+{baseline}Machine: {os.cpu_count()} CPUs, DirectRunner (in-process FnApiRunner). Each run in its own
+process, the {len(modes)} interleaved {len(rounds)} times; seconds and peak RSS are medians, "extra"
 (peak RSS less the RSS right after importing TensorFlow, Beam and beam_v1) is the worst round.
 
 | run | seconds | vs (a) | peak RSS MiB | extra MiB | extra / largest variable | values |
@@ -293,8 +344,7 @@ process, the three interleaved {len(rounds)} times; seconds and peak RSS are med
 
 Each round (seconds):
 
-| round | (a) | (b) | (c) | (b)/(a) | (c)/(a) |
-|---|---|---|---|---|---|
+{per_round_head}
 {per_round}
 
 Targets (issue 6): (b) and (c) no slower than (a); extra RSS under 1.5x the largest variable.
