@@ -497,3 +497,69 @@ def test_mapped_row_ranges_check_the_shard_size(fixtures, tmp_path):
     with pytest.raises(ModelFileError, match="truncated") as e:
         reader.read_rows(spec, 10, 20)
     assert shard in str(e.value)
+
+
+def build_wide(path):
+    """A model with a 6 MiB variable `wide` (3 slices of 2 MiB: each over Parquet's big-value
+    size, so each its own row group and its bytes kernel-copied) and a small `bias`."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 8], name="x")
+        wide = v1.Variable(WIDE, name="wide", use_resource=True)
+        bias = v1.Variable(np.float32(0.5), name="bias", use_resource=False)
+        y = tf.identity(tf.reduce_sum(x @ tf.transpose(wide[:4])) + bias, "y")
+        with v1.Session(graph=graph) as sess:
+            sess.run(v1.global_variables_initializer())
+            builder = v1.saved_model.Builder(path)
+            sig = v1.saved_model.predict_signature_def({"x": x}, {"y": y})
+            builder.add_meta_graph_and_variables(sess, ["serve"], {"serving_default": sig})
+            builder.save()
+    return path
+
+
+WIDE = np.random.default_rng(3).standard_normal((3 << 16, 8)).astype(np.float32)  # 6 MiB
+
+
+@pytest.mark.parametrize("where", ["local", "beam_filesystem"])
+@pytest.mark.parametrize("fmt", ["parquet", "npz"])
+def test_big_slices_are_kernel_copied_bit_exact(tmp_path, monkeypatch, fmt, where):
+    """Slices mapped from the shard reach the file through copy_file_range (local outputs, and
+    here the test FileSystem's, which are local files too); the dump still reads back
+    bit-exact, the npz verifies, and each big Parquet slice is a row group of its own."""
+    import zipfile
+
+    import pyarrow.parquet as pq
+    from remote_fs import MappedFileSystem
+
+    model = build_wide(str(tmp_path / "bucket" / "models" / "wide"))
+    prefix = str(tmp_path / "bucket" / "out" / "dump")
+    if where == "beam_filesystem":
+        MappedFileSystem.ROOT = str(tmp_path / "bucket")
+        MappedFileSystem.created.clear()
+        model, prefix = "beamv1test://models/wide", "beamv1test://out/dump"
+    copied = []
+    real = os.copy_file_range
+
+    def spy(src, dst, count, *args):
+        n = real(src, dst, count, *args)
+        copied.append(n)
+        return n
+
+    monkeypatch.setattr(os, "copy_file_range", spy)
+    assert _dump([model], prefix, fmt, slice_bytes=2 << 20) == []
+    local = str(tmp_path / "bucket" / "out" / "dump")
+    path = output_path(local, model, fmt)
+    _assert_bit_exact(read_variables(path), _ckpt_values(str(tmp_path / "bucket/models/wide")))
+    assert sum(copied) == WIDE.nbytes  # every slice by the kernel, nothing else
+    if where == "beam_filesystem":
+        assert any(p.startswith("beamv1test://out/") for p in MappedFileSystem.created)
+    if fmt == "npz":
+        with zipfile.ZipFile(path) as zf:
+            assert zf.testzip() is None
+    else:
+        pf = pq.ParquetFile(path)
+        groups = [
+            pf.read_row_group(i, columns=["name"]).column(0).to_pylist()
+            for i in range(pf.num_row_groups)
+        ]
+        assert [g for g in groups if "wide" in g] == [["wide"]] * 3
