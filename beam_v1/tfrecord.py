@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from beam_v1 import files
+from beam_v1.checksums import masked_crc32c
 from beam_v1.errors import BeamV1Error
 
 
@@ -19,14 +20,6 @@ def is_gzip(path: str, compression: str | None = None) -> bool:
     if compression is not None:
         return compression.lower() in ("gzip", "gz")
     return path.endswith((".gz", ".gzip"))
-
-
-def masked_crc32c(data) -> int:
-    """TFRecord's checksum: CRC-32C, rotated right by 15 bits, plus a constant."""
-    import google_crc32c
-
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def read_records(path: str, compression: str | None = None) -> Iterator[bytes]:

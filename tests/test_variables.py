@@ -322,6 +322,35 @@ def test_corrupt_shard_names_the_file(fixtures, tmp_path):
     assert shard in str(e.value)
 
 
+@pytest.mark.parametrize("fmt", ["parquet", "npz"])
+def test_corrupt_sliced_variable_fails_its_model_and_writes_no_file(fixtures, tmp_path, fmt):
+    """A big variable read as mapped ranges is checked against the index's CRC-32C after its
+    last slice: one flipped byte fails that model (naming the shard and the variable) after
+    its other slices went to the sink, and no file appears for it; the fleet goes on."""
+    from beam_v1 import savedmodel as sm
+    from beam_v1.variables import read_index
+
+    model, shard = _copy(fixtures["big"], tmp_path / "m")
+    _, entries = read_index(sm.checkpoint_prefix(model))
+    entry = entries[b"big"]
+    data = bytearray(Path(shard).read_bytes())
+    data[entry.offset + entry.size // 2] ^= 0x01
+    Path(shard).write_bytes(bytes(data))
+    prefix = str(tmp_path / "out" / "dump")
+    failed = _dump([model, fixtures["mlp"]], prefix, fmt, slice_bytes=1024)
+    assert [f["model"] for f in failed] == [model]
+    assert shard in failed[0]["error"] and "'big'" in failed[0]["error"]
+    assert "CRC-32C" in failed[0]["error"]
+    assert not os.path.exists(output_path(prefix, model, fmt))
+    _assert_bit_exact(
+        read_variables(output_path(prefix, fixtures["mlp"], fmt)), _ckpt_values(fixtures["mlp"])
+    )
+    reader = CheckpointReader(model)
+    spec = {s.name: s for s in list_variables(model)}["big"]
+    with pytest.raises(ModelFileError, match="CRC-32C"):
+        list(reader.slices(spec, 1024))
+
+
 # ------------------------------------------------------------------------ fleet
 
 

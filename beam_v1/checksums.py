@@ -1,0 +1,23 @@
+"""CRC-32C as TensorFlow's files use it (TFRecord framing, checkpoint bundle entries)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def crc32c(data, crc: int = 0) -> int:
+    """CRC-32C of `data` (bytes, or a C-contiguous array: read in place), continuing `crc`."""
+    import google_crc32c
+
+    if isinstance(data, np.ndarray):
+        data = data.reshape(-1).view(np.uint8)
+    return google_crc32c.extend(crc, data)
+
+
+def mask(crc: int) -> int:
+    """TensorFlow's masked form of a CRC-32C: rotated right by 15 bits, plus a constant."""
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def masked_crc32c(data) -> int:
+    return mask(crc32c(data))
