@@ -16,12 +16,11 @@ import dataclasses
 import os
 import uuid
 import zipfile
-import zlib
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from beam_v1 import parquet_raw, variables
+from beam_v1 import checksums, parquet_raw, variables
 from beam_v1.errors import ModelFileError
 from beam_v1.files import create_output, is_remote, open_input
 
@@ -234,10 +233,10 @@ _PARALLEL_CRC_BYTES = 1 << 20
 
 def write_stored(member, value: np.ndarray, background: BackgroundCopies | None = None) -> None:
     """Write an array into a stored (uncompressed) zip member: its bytes through `write_bytes`
-    (a kernel copy for a mapped checkpoint range), with their CRC-32 computed in a second
-    thread meanwhile (zlib and file writes release the GIL); a zip member's CRC otherwise costs
-    a pass over the data before the write. Falls back to `member.write` if zipfile's writer is
-    not the one expected."""
+    (a kernel copy for a mapped checkpoint range), with their CRC-32 (`checksums.crc32`)
+    computed in a second thread meanwhile; a zip member's CRC otherwise costs a pass over the
+    data before the write. Falls back to `member.write` if zipfile's writer is not the one
+    expected."""
     global _crc_pool
     data = memoryview(value.reshape(-1)).cast("B")
     n = len(data)
@@ -252,11 +251,12 @@ def write_stored(member, value: np.ndarray, background: BackgroundCopies | None 
         import concurrent.futures
 
         _crc_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="beam_v1-crc")
-    crc = _crc_pool.submit(zlib.crc32, data, member._crc)
+    crc = _crc_pool.submit(checksums.crc32, data, member._crc)
     try:
         write_bytes(member._fileobj, value, background)
     finally:
         member._crc = crc.result()
+        variables.drop_pages(value)  # the CRC read them; Beam may keep the record a while
     member._file_size += n
 
 

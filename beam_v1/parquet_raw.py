@@ -187,10 +187,10 @@ def _levels(levels: np.ndarray, max_level: int) -> bytes:
     return struct.pack("<i", len(body)) + body
 
 
-def _plain(leaf: _Leaf, values: list) -> bytes:
+def _plain(leaf: _Leaf, values) -> bytes:
     """PLAIN values of a fixed-width or boolean column."""
     if leaf.physical == _BOOLEAN:
-        return np.packbits(np.array(values, bool), bitorder="little").tobytes()
+        return np.packbits(np.asarray(values, bool), bitorder="little").tobytes()
     return np.asarray(values, dtype=leaf.numpy).tobytes()
 
 
@@ -220,26 +220,40 @@ def _byte_array_pieces(values: list) -> list:
     return pieces
 
 
+def _list_levels(leaf: _Leaf, column: Sequence) -> tuple[int, bytes, Sequence]:
+    """(level entries, repetition + definition levels, non-null items) of a list column: one
+    entry per item, or one for a null or empty list; per row, not per item, in Python."""
+    rows = list(column)
+    lengths = np.fromiter((0 if r is None else len(r) for r in rows), np.int64, len(rows))
+    slots = np.maximum(lengths, 1)
+    starts = np.cumsum(slots) - slots
+    reps = np.ones(int(slots.sum()), np.uint8)
+    reps[starts] = 0
+    defs = np.full(len(reps), 3, np.uint8)
+    defs[starts[lengths == 0]] = 1
+    defs[starts[np.fromiter((r is None for r in rows), bool, len(rows))]] = 0
+    chunks = []
+    for start, row in zip(starts, rows):
+        if row is None or len(row) == 0:
+            continue
+        row = list(row)
+        if None in row:
+            nulls = np.fromiter((x is None for x in row), bool, len(row))
+            defs[start : start + len(row)][nulls] = 2
+            row = [x for x in row if x is not None]
+        chunks.append(row)
+    if leaf.numpy is not None:
+        leaves = np.concatenate([np.asarray(r, leaf.numpy) for r in chunks] or [[]])
+    else:
+        leaves = [x for r in chunks for x in r]
+    return len(defs), _levels(reps, 1) + _levels(defs, 3), leaves
+
+
 def _column_page(leaf: _Leaf, column: Sequence) -> tuple[int, list]:
     """(number of level entries, page body pieces) of one column chunk."""
     pieces: list
     if leaf.is_list:
-        reps, defs, leaves = [], [], []
-        for row in column:
-            if row is None:
-                reps.append(0)
-                defs.append(0)
-            elif len(row) == 0:
-                reps.append(0)
-                defs.append(1)
-            else:
-                for i, item in enumerate(row):
-                    reps.append(0 if i == 0 else 1)
-                    defs.append(2 if item is None else 3)
-                    if item is not None:
-                        leaves.append(item)
-        head = _levels(np.array(reps, np.uint8), 1) + _levels(np.array(defs, np.uint8), 3)
-        count = len(defs)
+        count, head, leaves = _list_levels(leaf, column)
     else:
         defs = np.fromiter((v is not None for v in column), np.uint8, len(column))
         leaves = [v for v in column if v is not None]

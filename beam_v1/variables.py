@@ -445,6 +445,7 @@ class CheckpointReader:
             value = self.read_rows(spec, start, stop)
             if crc is not None and mapped_range(value) is not None:
                 crc = checksums.crc32c(value, crc)
+                drop_pages(value)  # read for the checksum only: a sink may never touch them
             else:
                 crc = None  # read by TensorFlow: verified there, or not at all
             yield Slice(i, count, start, stop, value)
@@ -519,13 +520,26 @@ def _map_rows(path: str, offset: int, spec: VariableSpec, shape: tuple[int, ...]
     return data.view(spec.numpy_dtype).reshape(shape)
 
 
-def mapped_range(value: np.ndarray) -> MappedRange | None:
-    """Where `value`'s bytes are in a data shard, if it is a contiguous view of a `read_rows`
-    map (never after a copy or a pickle: those own their bytes)."""
+def _shard_map(value) -> _ShardMap | None:
     base = value
     while isinstance(base, np.ndarray | memoryview):
         base = base.base if isinstance(base, np.ndarray) else base.obj
-    if not isinstance(base, _ShardMap) or not value.flags.c_contiguous:
+    return base if isinstance(base, _ShardMap) else None
+
+
+def drop_pages(value: np.ndarray) -> None:
+    """Unmap the resident pages of a `read_rows` map (not the map): they no longer count in
+    this process's memory, and come back from the page cache if `value` is read again."""
+    mapped = _shard_map(value)
+    if mapped is not None and hasattr(mapped, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        mapped.madvise(mmap.MADV_DONTNEED)
+
+
+def mapped_range(value: np.ndarray) -> MappedRange | None:
+    """Where `value`'s bytes are in a data shard, if it is a contiguous view of a `read_rows`
+    map (never after a copy or a pickle: those own their bytes)."""
+    base = _shard_map(value)
+    if base is None or not value.flags.c_contiguous:
         return None
     path, device, inode, start, address = base.source
     delta = value.ctypes.data - address
