@@ -13,6 +13,7 @@ is all or nothing. No Beam here (`beam_v1.dump` holds the DoFns).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import uuid
 import zipfile
@@ -238,7 +239,7 @@ def write_stored(member, value: np.ndarray, background: BackgroundCopies | None 
     data before the write. Falls back to `member.write` if zipfile's writer is not the one
     expected."""
     global _crc_pool
-    data = memoryview(value.reshape(-1)).cast("B")
+    data = parquet_raw.as_bytes(value)
     n = len(data)
     if (
         n < _PARALLEL_CRC_BYTES
@@ -413,6 +414,7 @@ class NpzPartWriter(PartWriter):
             if self._open is not None:
                 self._open[0].close()
                 self._open = None
+            write_npz_dtypes(self._zip, self.records)
             self._zip.close()
             self._copies.wait()
         finally:
@@ -529,6 +531,19 @@ def npy_header(meta: RecordMeta) -> bytes:
     return buf.getvalue()
 
 
+def write_npz_dtypes(zf: zipfile.ZipFile, records: Sequence[RecordMeta]) -> None:
+    """Record the dtypes the .npy headers cannot (bfloat16 is written as '<V2'), as JSON for
+    `variables.read_variables`: in the zip comment, or in a member of its own if too long."""
+    lost = {m.name: m.dtype for m in records if variables.npy_loses_dtype(m.dtype)}
+    if not lost:
+        return
+    note = json.dumps({variables.NPZ_DTYPES_KEY: lost}, sort_keys=True).encode("utf-8")
+    if len(note) <= 0xFFFF:
+        zf.comment = note
+    else:
+        zf.writestr(variables.NPZ_DTYPES_MEMBER, note)
+
+
 def _concat_npz(out, parts: Sequence[PartInfo]) -> None:
     """Each variable's member copied from the part holding it whole, or its slices joined
     from the runs holding them, in slice order; one copy chunk in memory at a time."""
@@ -544,6 +559,7 @@ def _concat_npz(out, parts: Sequence[PartInfo]) -> None:
             files.append(open_input(part.path))
             zips[part.path] = zipfile.ZipFile(files[-1])
         with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            write_npz_dtypes(zf, order)
             for meta in order:
                 mine = sorted(
                     ((p, r) for p, r in runs if r.name == meta.name), key=lambda x: x[1].first

@@ -199,7 +199,8 @@ def as_bytes(value) -> memoryview | bytes:
     if isinstance(value, str):
         return value.encode("utf-8")
     if isinstance(value, np.ndarray):
-        return memoryview(np.ascontiguousarray(value).reshape(-1)).cast("B")
+        # as uint8 first: dtypes without a buffer format (bfloat16) cannot be memoryviews
+        return memoryview(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
     return memoryview(value).cast("B")
 
 

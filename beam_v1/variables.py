@@ -83,6 +83,18 @@ def numpy_dtype(name: str) -> np.dtype:
     return np.dtype(name)
 
 
+NPZ_DTYPES_KEY = "beam_v1_dtypes"
+NPZ_DTYPES_MEMBER = "~beam_v1~/dtypes.json"  # when the list is too long for the zip comment
+
+
+def npy_loses_dtype(name: str) -> bool:
+    """Whether an .npy header cannot record this dtype (bfloat16 becomes raw '<V2')."""
+    if name == "string":
+        return False
+    dtype = numpy_dtype(name)
+    return np.lib.format.descr_to_dtype(np.lib.format.dtype_to_descr(dtype)) != dtype
+
+
 def _tf_dtype(name: str):
     import tensorflow as tf
 
@@ -666,11 +678,31 @@ def read_variables(path: str, model: str | None = None) -> dict[str, np.ndarray]
     for file in by_model[chosen]:
         if file.endswith(".npz"):
             with np.load(file, allow_pickle=False) as npz:
+                dtypes = _npz_dtypes(npz)
                 for name in npz.files:
-                    result[name] = npz[name]
+                    if name == NPZ_DTYPES_MEMBER:
+                        continue
+                    value = npz[name]
+                    if name in dtypes:
+                        value = value.view(numpy_dtype(dtypes[name]))
+                    result[name] = value
         else:
             result.update(_read_parquet(file, chosen))
     return result
+
+
+def _npz_dtypes(npz) -> dict[str, str]:
+    """{variable: dtype} that a dump's npz records beside its .npy headers
+    (`dump_files.write_npz_dtypes`); {} for any other npz."""
+    note = npz.zip.comment
+    if NPZ_DTYPES_MEMBER in npz.zip.namelist():
+        note = npz.zip.read(NPZ_DTYPES_MEMBER)
+    if not note.startswith(b"{"):
+        return {}
+    try:
+        return dict(json.loads(note.decode("utf-8")).get(NPZ_DTYPES_KEY, {}))
+    except (ValueError, AttributeError):
+        return {}
 
 
 def _choose_model(by_model: dict[str, list[str]], model: str | None, path: str) -> str:
