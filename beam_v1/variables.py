@@ -685,6 +685,8 @@ def read_variables(path: str, model: str | None = None) -> dict[str, np.ndarray]
                     value = npz[name]
                     if name in dtypes:
                         value = value.view(numpy_dtype(dtypes[name]))
+                    elif value.dtype.kind == "S":  # a string variable: bytes objects, as TF's
+                        value = value.astype(object)
                     result[name] = value
         else:
             result.update(_read_parquet(file, chosen))
