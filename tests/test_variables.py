@@ -666,3 +666,36 @@ def test_npz_lists_many_bfloat16_variables_in_a_member(tmp_path):
     got = read_variables(final)
     assert sorted(got) == sorted(names)
     assert all(v.dtype == value.dtype and v.tobytes() == value.tobytes() for v in got.values())
+
+
+def build_sharded(path):
+    """A model saved by a sharded Saver across two devices: two data shards; also an empty
+    (0, 3) variable."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 3], name="x")
+        with tf.device("/cpu:0"):
+            a = v1.Variable(np.arange(3000 * 3, dtype=np.float32).reshape(3000, 3), name="a")
+            v1.Variable(np.zeros((0, 3), np.float32), name="empty")
+        with tf.device("/cpu:1"):
+            v1.Variable(np.arange(2000 * 3, dtype=np.float64).reshape(2000, 3) * 0.5, name="b")
+        y = tf.identity(x @ tf.transpose(a[:2]), "y")
+        config = v1.ConfigProto(device_count={"CPU": 2})
+        with v1.Session(graph=graph, config=config) as sess:
+            sess.run(v1.global_variables_initializer())
+            builder = v1.saved_model.Builder(path)
+            sig = v1.saved_model.predict_signature_def({"x": x}, {"y": y})
+            builder.add_meta_graph_and_variables(
+                sess, ["serve"], {"serving_default": sig}, saver=v1.train.Saver(sharded=True)
+            )
+            builder.save()
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "npz"])
+def test_sharded_checkpoint_dumps_bit_exact(tmp_path, fmt):
+    model = build_sharded(str(tmp_path / "m"))
+    assert len(list((tmp_path / "m" / "variables").glob("variables.data-*-of-00002"))) == 2
+    prefix = str(tmp_path / "out" / "dump")
+    assert _dump([model], prefix, fmt, slice_bytes=1024) == []
+    _assert_bit_exact(read_variables(output_path(prefix, model, fmt)), _ckpt_values(model))
