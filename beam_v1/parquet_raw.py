@@ -26,13 +26,13 @@ BIG_VALUE = 1 << 20  # binary values above this are written from their own buffe
 
 # parquet.thrift enums
 _BOOLEAN, _INT32, _INT64, _DOUBLE, _BYTE_ARRAY = 0, 1, 2, 5, 6
-_REQUIRED, _OPTIONAL, _REPEATED = 0, 1, 2
+_OPTIONAL, _REPEATED = 1, 2
 _UTF8, _LIST = 0, 3
 _PLAIN, _RLE = 0, 3
 _DATA_PAGE = 0
 
 # thrift compact protocol types
-_T_TRUE, _T_I32, _T_I64, _T_BINARY, _T_LIST, _T_STRUCT = 1, 5, 6, 8, 9, 12
+_T_I32, _T_I64, _T_BINARY, _T_LIST, _T_STRUCT = 5, 6, 8, 9, 12
 
 
 # ---------------------------------------------------------------- thrift compact
@@ -276,7 +276,7 @@ def _size(piece) -> int:
 
 
 class ParquetRawWriter:
-    """Writes `schema` row groups to `file` (a binary file object with `write` and `tell`).
+    """Writes `schema` row groups to `file` (a binary file object; only `write` is used).
 
     `write_bytes(file, value)` writes a big binary value; the default writes `as_bytes(value)`.
     Give `beam_v1.dump_files.write_bytes` to have mapped checkpoint ranges kernel-copied."""
