@@ -122,8 +122,9 @@ def value_array(value: np.ndarray, dtype: str):
 
 
 def _fileno(file) -> int | None:
+    """The file descriptor of a seekable local file, else None (writes go through `write`)."""
     try:
-        return file.fileno()
+        return file.fileno() if file.seekable() else None
     except (AttributeError, OSError, ValueError):
         return None
 
