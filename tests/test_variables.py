@@ -699,3 +699,21 @@ def test_sharded_checkpoint_dumps_bit_exact(tmp_path, fmt):
     prefix = str(tmp_path / "out" / "dump")
     assert _dump([model], prefix, fmt, slice_bytes=1024) == []
     _assert_bit_exact(read_variables(output_path(prefix, model, fmt)), _ckpt_values(model))
+
+
+def test_pipelines_dump_variables_module(fixtures, tmp_path):
+    """`python -m pipelines.dump_variables` runs the same job as `beam-v1 dump-variables`."""
+    import subprocess
+    import sys
+
+    prefix = str(tmp_path / "out" / "w")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.dump_variables", fixtures["big"], "--output", prefix,
+         "--format", "npz", "--slice-mb", "0.001"],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "1 dumped" in proc.stdout
+    _assert_bit_exact(
+        read_variables(output_path(prefix, fixtures["big"], "npz")), _ckpt_values(fixtures["big"])
+    )
