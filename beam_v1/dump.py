@@ -214,9 +214,12 @@ class DumpVariables(beam.PTransform):
         self.progress_seconds = progress_seconds
 
     def expand(self, paths):
+        # Distinct, keyed by path, also spreads the models over workers as a Reshuffle would;
+        # a model given twice would otherwise be dumped twice into one file
         return (
             paths
-            | "SpreadModels" >> beam.Reshuffle()
+            | "NormalizePaths" >> beam.Map(_normal_model_path)
+            | "SpreadModels" >> beam.Distinct()
             | "ReadCheckpoints"
             >> beam.ParDo(
                 _DumpModelDoFn(self.tags, self.parts, self.slice_bytes, self.progress_seconds)
@@ -224,6 +227,13 @@ class DumpVariables(beam.PTransform):
             .with_output_types(VariableRecord)
             .with_outputs(FAILED, main=VARIABLES)
         )
+
+
+def _normal_model_path(path) -> str:
+    """The path without trailing slashes (`a/` is `a`), except a root such as `/` or `gs://`."""
+    path = str(path)
+    stripped = path.rstrip("/")
+    return stripped if stripped and not stripped.endswith(":") else path
 
 
 # ----------------------------------------------------------------------- sinks

@@ -717,3 +717,14 @@ def test_pipelines_dump_variables_module(fixtures, tmp_path):
     _assert_bit_exact(
         read_variables(output_path(prefix, fixtures["big"], "npz")), _ckpt_values(fixtures["big"])
     )
+
+
+def test_a_model_given_twice_is_dumped_once(fixtures, tmp_path):
+    """The same path twice (or with a trailing slash) is one model: one file, bit-exact,
+    instead of a join of two copies that failed the whole pipeline."""
+    model = fixtures["big"]
+    prefix = str(tmp_path / "out" / "dump")
+    assert _dump([model, model, model + "/"], prefix, "parquet", slice_bytes=1024) == []
+    manifest = [json.loads(x) for x in Path(prefix + "-manifest.jsonl").read_text().splitlines()]
+    assert [m["model"] for m in manifest] == [model]
+    _assert_bit_exact(read_variables(output_path(prefix, model, "parquet")), _ckpt_values(model))
