@@ -218,7 +218,7 @@ class DumpVariables(beam.PTransform):
         # a model given twice would otherwise be dumped twice into one file
         return (
             paths
-            | "NormalizePaths" >> beam.Map(_normal_model_path)
+            | "NormalizePaths" >> beam.Map(normal_model_path)
             | "SpreadModels" >> beam.Distinct()
             | "ReadCheckpoints"
             >> beam.ParDo(
@@ -229,7 +229,7 @@ class DumpVariables(beam.PTransform):
         )
 
 
-def _normal_model_path(path) -> str:
+def normal_model_path(path) -> str:
     """The path without trailing slashes (`a/` is `a`), except a root such as `/` or `gs://`."""
     path = str(path)
     stripped = path.rstrip("/")

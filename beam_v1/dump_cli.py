@@ -49,12 +49,12 @@ def run_dump(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from beam_v1.dump import DumpVariables, WriteVariables, local_dir_for
+    from beam_v1.dump import DumpVariables, WriteVariables, local_dir_for, normal_model_path
 
     if args.slice_mb <= 0:
         raise BeamV1Error(f"--slice-mb must be positive, got {args.slice_mb}.")
     options = PipelineOptions(list(pipeline_args))
-    models = [m.rstrip("/") if len(m) > 1 else m for m in args.models]
+    models = list(dict.fromkeys(normal_model_path(m) for m in args.models))
     local_dir_for(args.output)
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
@@ -76,7 +76,8 @@ def run_dump(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
     n_vars = sum(w["variables"] for w in written)
     n_bytes = sum(w["bytes"] for w in written)
     lines = [
-        f"beam-v1 dump-variables: {len(models)} models: {len(written)} dumped, "
+        f"beam-v1 dump-variables: {len(models)} model{'s' if len(models) != 1 else ''}: "
+        f"{len(written)} dumped, "
         f"{len(empty)} without variables, {len(failed)} failed; {n_vars} variables, "
         f"{n_bytes / 1e6:,.1f} MB in {seconds:,.1f} s ({args.format})",
     ]
