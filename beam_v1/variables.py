@@ -11,7 +11,7 @@ as several slices (one per part). By default it is read back whole (`w`); with
 
 Big variables (more bytes than `slice_bytes`) are read as row ranges along their first axis:
 - stored whole (the usual case) and numeric: the range comes straight from the data shard, at
-  the offset the index gives, as an array over a private memory map of those bytes (no copy;
+  the offset the index gives, as a read-only array over a memory map of those bytes (no copy;
   the mapping goes with the array), so memory holds one range, never the whole tensor.
   TensorFlow's CRC-32C covers the whole tensor: `slices()` checks it over the ranges as it
   gives them, and fails after the last one if it differs; a lone `read_rows` is unverified.
