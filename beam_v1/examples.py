@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from beam_v1 import varint
+
 PARSE_OPS = ("ParseExample", "ParseExampleV2")
 _PASS_THROUGH = ("Identity", "IdentityN", "Snapshot", "Reshape", "ExpandDims", "Squeeze")
 
@@ -378,18 +380,7 @@ def feature_columns(table, spec: ExampleSpec) -> tuple[dict[str, _Column], list[
 # ------------------------------------------------------------------ the serialize path
 
 
-@functools.lru_cache(maxsize=65536)
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1  # int64 as protobuf writes it: two's complement, up to 10 bytes
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+_varint = functools.lru_cache(maxsize=65536)(varint.encode)  # the same few values recur
 
 
 def _ld(field: int, payload: bytes) -> bytes:

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from beam_v1 import varint
+
 MAGIC = b"PAR1"
 BIG_VALUE = 1 << 20  # binary values above this are written from their own buffer, not copied
 
@@ -36,18 +38,6 @@ _T_I32, _T_I64, _T_BINARY, _T_LIST, _T_STRUCT = 5, 6, 8, 9, 12
 
 
 # ---------------------------------------------------------------- thrift compact
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def _zigzag(n: int) -> int:
@@ -67,23 +57,23 @@ class _Struct:
             self._out.append((delta << 4) | ttype)
         else:
             self._out.append(ttype)
-            self._out += _varint(_zigzag(fid))
+            self._out += varint.encode(_zigzag(fid))
         self._last = fid
 
     def i32(self, fid: int, value: int) -> _Struct:
         self._header(fid, _T_I32)
-        self._out += _varint(_zigzag(value))
+        self._out += varint.encode(_zigzag(value))
         return self
 
     def int64(self, fid: int, value: int) -> _Struct:
         self._header(fid, _T_I64)
-        self._out += _varint(_zigzag(value))
+        self._out += varint.encode(_zigzag(value))
         return self
 
     def binary(self, fid: int, value: bytes | str) -> _Struct:
         data = value.encode("utf-8") if isinstance(value, str) else value
         self._header(fid, _T_BINARY)
-        self._out += _varint(len(data)) + data
+        self._out += varint.encode(len(data)) + data
         return self
 
     def struct(self, fid: int, value: _Struct) -> _Struct:
@@ -96,15 +86,15 @@ class _Struct:
         n = len(items)
         self._out.append((n << 4) | etype if n < 15 else 0xF0 | etype)
         if n >= 15:
-            self._out += _varint(n)
+            self._out += varint.encode(n)
         for item in items:
             if etype == _T_STRUCT:
                 self._out += item.bytes()
             elif etype == _T_BINARY:
                 data = item.encode("utf-8") if isinstance(item, str) else item
-                self._out += _varint(len(data)) + data
+                self._out += varint.encode(len(data)) + data
             else:  # i32
-                self._out += _varint(_zigzag(item))
+                self._out += varint.encode(_zigzag(item))
         return self
 
     def bytes(self) -> bytes:
@@ -183,7 +173,8 @@ def _levels(levels: np.ndarray, max_level: int) -> bytes:
     padded = np.zeros(groups * 8, np.uint8)
     padded[: len(levels)] = levels
     bits = ((padded[:, None] >> np.arange(width, dtype=np.uint8)) & 1).astype(np.uint8)
-    body = _varint((groups << 1) | 1) + np.packbits(bits.reshape(-1), bitorder="little").tobytes()
+    packed = np.packbits(bits.reshape(-1), bitorder="little").tobytes()
+    body = varint.encode((groups << 1) | 1) + packed
     return struct.pack("<i", len(body)) + body
 
 

@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from beam_v1 import checksums, savedmodel
+from beam_v1 import checksums, savedmodel, varint
 from beam_v1.errors import ModelFileError
 
 _log = logging.getLogger(__name__)
@@ -108,20 +108,9 @@ class _Compressed(Exception):
     pass
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
 def _snappy_decompress(data: bytes) -> bytes:
     """Raw Snappy (the only compression TensorFlow's table writer uses for index blocks)."""
-    length, pos = _varint(data, 0)
+    length, pos = varint.decode(data, 0)
     out = bytearray()
     while pos < len(data):
         tag = data[pos]
@@ -171,9 +160,9 @@ def _block_entries(data: bytes, offset: int, size: int) -> Iterator[tuple[bytes,
     limit = size - 4 - 4 * restarts
     pos, key = 0, b""
     while pos < limit:
-        shared, pos = _varint(block, pos)
-        own, pos = _varint(block, pos)
-        length, pos = _varint(block, pos)
+        shared, pos = varint.decode(block, pos)
+        own, pos = varint.decode(block, pos)
+        length, pos = varint.decode(block, pos)
         key = key[:shared] + block[pos : pos + own]
         pos += own
         yield key, block[pos : pos + length]
@@ -193,15 +182,15 @@ def read_index(prefix: str):
         raise ModelFileError(f"The checkpoint index {path} is corrupt (no table footer).")
     try:
         footer = data[-48:]
-        _, pos = _varint(footer, 0)
-        _, pos = _varint(footer, pos)
-        index_offset, pos = _varint(footer, pos)
-        index_size, _ = _varint(footer, pos)
+        _, pos = varint.decode(footer, 0)
+        _, pos = varint.decode(footer, pos)
+        index_offset, pos = varint.decode(footer, pos)
+        index_size, _ = varint.decode(footer, pos)
         header = tensor_bundle_pb2.BundleHeaderProto()
         entries = {}
         for _, handle in _block_entries(data, index_offset, index_size):
-            offset, pos = _varint(handle, 0)
-            size, _ = _varint(handle, pos)
+            offset, pos = varint.decode(handle, 0)
+            size, _ = varint.decode(handle, pos)
             for key, value in _block_entries(data, offset, size):
                 if key == b"":
                     header.ParseFromString(value)
