@@ -70,6 +70,7 @@ def _save(
     *,
     main_op=None,
     assets_collection=None,
+    saver=None,
 ) -> str:
     with graph.as_default():
         builder = v1.saved_model.Builder(path)
@@ -80,24 +81,30 @@ def _save(
             main_op=main_op,
             assets_collection=assets_collection,
             strip_default_attrs=True,
+            saver=saver,
         )
         builder.save()
     return path
 
 
-def _build(path, make: Callable[[], tuple[dict, object]]) -> str:
-    """Run `make()` inside a fresh graph; it returns (signature map, main_op or None)."""
+def build(
+    path, make: Callable[[], tuple[dict, object]], *, sharded_saver=False, session_config=None
+) -> str:
+    """Run `make()` inside a fresh graph; it returns (signature map, main_op or None).
+    `sharded_saver`: save with `Saver(sharded=True)` (one data shard per device)."""
     path = _check_new(path)
     graph = tf.Graph()
     with graph.as_default():
         v1.set_random_seed(0)
         signatures, main_op = make()
-        with v1.Session(graph=graph) as sess:
+        saver = v1.train.Saver(sharded=True) if sharded_saver else None
+        with v1.Session(graph=graph, config=session_config) as sess:
             sess.run(v1.global_variables_initializer())
-            return _save(path, graph, sess, signatures, main_op=main_op)
+            return _save(path, graph, sess, signatures, main_op=main_op, saver=saver)
 
 
-def _predict(inputs: dict, outputs: dict):
+def predict(inputs: dict, outputs: dict):
+    """A predict SignatureDef."""
     return v1.saved_model.predict_signature_def(inputs=inputs, outputs=outputs)
 
 
@@ -122,9 +129,9 @@ def build_mlp(path, n_in=4, hidden=8, n_out=3, seed=0):
             logits = tf.matmul(h, var("kernel", k2)) + var("bias", b2)
         scores = tf.nn.softmax(logits, name="scores")
         label = tf.argmax(scores, axis=1, output_type=tf.int64, name="label")
-        return {"serving_default": _predict({"x": x}, {"scores": scores, "label": label})}, None
+        return {"serving_default": predict({"x": x}, {"scores": scores, "label": label})}, None
 
-    return _build(path, make)
+    return build(path, make)
 
 
 def build_multi_input(path):
@@ -138,10 +145,10 @@ def build_multi_input(path):
             name="total",
         )
         a_scaled = tf.multiply(a, w, name="a_scaled")
-        sig = _predict({"a": a, "b": b, "c": c}, {"total": total, "a_scaled": a_scaled})
+        sig = predict({"a": a, "b": b, "c": c}, {"total": total, "a_scaled": a_scaled})
         return {"serving_default": sig}, None
 
-    return _build(path, make)
+    return build(path, make)
 
 
 def build_string_lookup(path):
@@ -179,7 +186,7 @@ def build_string_lookup(path):
             )
             score = tf.add(tf.cast(ids, tf.float32) * 0.5, v, name="score")
             main_op = v1.saved_model.main_op.main_op()
-            signatures = {"serving_default": _predict({"word": word}, {"id": ids, "score": score})}
+            signatures = {"serving_default": predict({"word": word}, {"id": ids, "score": score})}
             with v1.Session(graph=graph) as sess:
                 sess.run(v1.global_variables_initializer())
                 sess.run(v1.tables_initializer())
@@ -200,18 +207,18 @@ def build_fixed_batch(path, batch=4):
     def make():
         x = v1.placeholder(tf.float32, [batch, 3], name="x")
         y = tf.add(x * 2.0, 1.0, name="y")
-        return {"serving_default": _predict({"x": x}, {"y": y})}, None
+        return {"serving_default": predict({"x": x}, {"y": y})}, None
 
-    return _build(path, make)
+    return build(path, make)
 
 
 def build_scalar_input(path):
     def make():
         x = v1.placeholder(tf.float32, [], name="x")
         y = tf.subtract(x * 3.0, 1.0, name="y")
-        return {"serving_default": _predict({"x": x}, {"y": y})}, None
+        return {"serving_default": predict({"x": x}, {"y": y})}, None
 
-    return _build(path, make)
+    return build(path, make)
 
 
 def build_nested(path):
@@ -220,11 +227,11 @@ def build_nested(path):
         total = tf.reduce_sum(x, axis=[1, 2], name="total")
         doubled = tf.multiply(x, 2.0, name="doubled")
         return {
-            "serving_default": _predict({"x": x}, {"total": total, "doubled": doubled}),
-            "double": _predict({"x": x}, {"doubled": doubled}),
+            "serving_default": predict({"x": x}, {"total": total, "doubled": doubled}),
+            "double": predict({"x": x}, {"doubled": doubled}),
         }, None
 
-    return _build(path, make)
+    return build(path, make)
 
 
 def build_variable_len(path):
@@ -233,18 +240,18 @@ def build_variable_len(path):
         total = tf.reduce_sum(x, axis=1, name="total")
         shape = tf.shape(x, out_type=tf.int32)
         count = tf.fill(shape[:1], shape[1], name="count")
-        return {"serving_default": _predict({"x": x}, {"total": total, "count": count})}, None
+        return {"serving_default": predict({"x": x}, {"total": total, "count": count})}, None
 
-    return _build(path, make)
+    return build(path, make)
 
 
 def build_unknown_rank(path):
     def make():
         x = v1.placeholder(tf.float32, shape=None, name="x")
         y = tf.multiply(x, 2.0, name="y")
-        return {"serving_default": _predict({"x": x}, {"y": y})}, None
+        return {"serving_default": predict({"x": x}, {"y": y})}, None
 
-    return _build(path, make)
+    return build(path, make)
 
 
 def _slice_initializer(full: np.ndarray):
@@ -272,9 +279,9 @@ def build_partitioned(path, parts=4):
             use_resource=False,
         )
         y = tf.matmul(x, w, name="y")
-        return {"serving_default": _predict({"x": x}, {"y": y})}, None
+        return {"serving_default": predict({"x": x}, {"y": y})}, None
 
-    return _build(path, make)
+    return build(path, make)
 
 
 def build_ref_and_resource(path):
@@ -289,9 +296,9 @@ def build_ref_and_resource(path):
             use_resource=True,
         )
         y = tf.add(x * ref, res, name="y")
-        return {"serving_default": _predict({"x": x}, {"y": y})}, None
+        return {"serving_default": predict({"x": x}, {"y": y})}, None
 
-    return _build(path, make)
+    return build(path, make)
 
 
 BUILDERS: dict[str, Callable[..., str]] = {
@@ -337,6 +344,6 @@ def build_sparse_input(path):
         y = tf.add(x, sp_sum, name="y")
         outputs = {"sp_sum": sp_sum, "sp_weighted": sp_weighted, "sp_count": sp_count,
                    "word_hits": word_hits, "y": y}
-        return {"serving_default": _predict({"sp": sp, "words": words, "x": x}, outputs)}, None
+        return {"serving_default": predict({"sp": sp, "words": words, "x": x}, outputs)}, None
 
-    return _build(path, make)
+    return build(path, make)

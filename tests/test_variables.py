@@ -104,21 +104,16 @@ def _records(model, **kwargs):
 
 def build_big(path):
     """A model whose `big` variable (8,400 bytes) and `ints` (1,440 bytes) exceed 1 KiB."""
-    graph = tf.Graph()
-    with graph.as_default():
+
+    def make():
         x = v1.placeholder(tf.float32, [None, 7], name="x")
         big = v1.Variable(BIG, name="big", use_resource=True)
-        ints = v1.Variable(BIG_INT, name="ints", use_resource=False, trainable=False)
+        v1.Variable(BIG_INT, name="ints", use_resource=False, trainable=False)
         scale = v1.Variable(np.float64(0.1), name="scale", use_resource=False)
         y = tf.identity(tf.reduce_sum(x @ tf.transpose(big)) * tf.cast(scale, tf.float32), "y")
-        _ = ints
-        with v1.Session(graph=graph) as sess:
-            sess.run(v1.global_variables_initializer())
-            builder = v1.saved_model.Builder(path)
-            sig = v1.saved_model.predict_signature_def({"x": x}, {"y": y})
-            builder.add_meta_graph_and_variables(sess, ["serve"], {"serving_default": sig})
-            builder.save()
-    return path
+        return {"serving_default": builders.predict({"x": x}, {"y": y})}, None
+
+    return builders.build(path, make)
 
 
 @pytest.fixture(scope="module")
@@ -534,19 +529,15 @@ def test_mapped_row_ranges_check_the_shard_size(fixtures, tmp_path):
 def build_wide(path):
     """A model with a 6 MiB variable `wide` (3 slices of 2 MiB: each over Parquet's big-value
     size, so each its own row group and its bytes kernel-copied) and a small `bias`."""
-    graph = tf.Graph()
-    with graph.as_default():
+
+    def make():
         x = v1.placeholder(tf.float32, [None, 8], name="x")
         wide = v1.Variable(WIDE, name="wide", use_resource=True)
         bias = v1.Variable(np.float32(0.5), name="bias", use_resource=False)
         y = tf.identity(tf.reduce_sum(x @ tf.transpose(wide[:4])) + bias, "y")
-        with v1.Session(graph=graph) as sess:
-            sess.run(v1.global_variables_initializer())
-            builder = v1.saved_model.Builder(path)
-            sig = v1.saved_model.predict_signature_def({"x": x}, {"y": y})
-            builder.add_meta_graph_and_variables(sess, ["serve"], {"serving_default": sig})
-            builder.save()
-    return path
+        return {"serving_default": builders.predict({"x": x}, {"y": y})}, None
+
+    return builders.build(path, make)
 
 
 WIDE = np.random.default_rng(3).standard_normal((3 << 16, 8)).astype(np.float32)  # 6 MiB
@@ -602,8 +593,8 @@ DTYPES = ("float16", "bfloat16", "bool", "complex64", "int8", "uint16", "float64
 
 def build_dtypes(path):
     """A model with a (4000, 3) variable of each of DTYPES (12,000-96,000 bytes each)."""
-    graph = tf.Graph()
-    with graph.as_default():
+
+    def make():
         x = v1.placeholder(tf.float32, [None, 2], name="x")
         values = np.arange(4000 * 3).reshape(4000, 3)
         for name in DTYPES:
@@ -611,13 +602,9 @@ def build_dtypes(path):
             v1.Variable(tf.cast(tf.constant(init), name), name=f"v_{name}")
         v1.Variable(np.array([[b"abc", b""], [b"\xff\x00z", b"d" * 300]]), name="v_string")
         y = tf.identity(x * 2, "y")
-        with v1.Session(graph=graph) as sess:
-            sess.run(v1.global_variables_initializer())
-            builder = v1.saved_model.Builder(path)
-            sig = v1.saved_model.predict_signature_def({"x": x}, {"y": y})
-            builder.add_meta_graph_and_variables(sess, ["serve"], {"serving_default": sig})
-            builder.save()
-    return path
+        return {"serving_default": builders.predict({"x": x}, {"y": y})}, None
+
+    return builders.build(path, make)
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "npz"])
@@ -671,8 +658,8 @@ def test_npz_lists_many_bfloat16_variables_in_a_member(tmp_path):
 def build_sharded(path):
     """A model saved by a sharded Saver across two devices: two data shards; also an empty
     (0, 3) variable."""
-    graph = tf.Graph()
-    with graph.as_default():
+
+    def make():
         x = v1.placeholder(tf.float32, [None, 3], name="x")
         with tf.device("/cpu:0"):
             a = v1.Variable(np.arange(3000 * 3, dtype=np.float32).reshape(3000, 3), name="a")
@@ -680,16 +667,10 @@ def build_sharded(path):
         with tf.device("/cpu:1"):
             v1.Variable(np.arange(2000 * 3, dtype=np.float64).reshape(2000, 3) * 0.5, name="b")
         y = tf.identity(x @ tf.transpose(a[:2]), "y")
-        config = v1.ConfigProto(device_count={"CPU": 2})
-        with v1.Session(graph=graph, config=config) as sess:
-            sess.run(v1.global_variables_initializer())
-            builder = v1.saved_model.Builder(path)
-            sig = v1.saved_model.predict_signature_def({"x": x}, {"y": y})
-            builder.add_meta_graph_and_variables(
-                sess, ["serve"], {"serving_default": sig}, saver=v1.train.Saver(sharded=True)
-            )
-            builder.save()
-    return path
+        return {"serving_default": builders.predict({"x": x}, {"y": y})}, None
+
+    config = v1.ConfigProto(device_count={"CPU": 2})
+    return builders.build(path, make, sharded_saver=True, session_config=config)
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "npz"])
