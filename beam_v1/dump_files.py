@@ -206,14 +206,10 @@ class BackgroundCopies:
         self._ahead = ahead
 
     def submit(self, shard, offset: int, nbytes: int, fileno: int, pos: int) -> None:
-        global _copy_pool
-        if _copy_pool is None:
-            import concurrent.futures
-
-            _copy_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="beam_v1-copy")
         while len(self._pending) >= self._ahead:
             self._pending.pop(0).result()
-        self._pending.append(_copy_pool.submit(_copy_range, shard, offset, nbytes, fileno, pos))
+        copy = _thread("copy").submit(_copy_range, shard, offset, nbytes, fileno, pos)
+        self._pending.append(copy)
 
     def wait(self) -> None:
         """Block until every copy is done; raise the first one's error."""
@@ -224,12 +220,22 @@ class BackgroundCopies:
                 raise e
 
 
-_copy_pool = None
+_threads: dict = {}
+
+
+def _thread(name: str):
+    """This process's single-thread executor for `name` (`copy`, `crc`), made on first use."""
+    if name not in _threads:
+        import concurrent.futures
+
+        _threads[name] = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"beam_v1-{name}"
+        )
+    return _threads[name]
 
 
 # ------------------------------------------------------------------------ parts
 
-_crc_pool = None
 _PARALLEL_CRC_BYTES = 1 << 20
 
 
@@ -239,7 +245,6 @@ def write_stored(member, value: np.ndarray, background: BackgroundCopies | None 
     computed in a second thread meanwhile; a zip member's CRC otherwise costs a pass over the
     data before the write. Falls back to `member.write` if zipfile's writer is not the one
     expected."""
-    global _crc_pool
     data = parquet_raw.as_bytes(value)
     n = len(data)
     if (
@@ -249,11 +254,7 @@ def write_stored(member, value: np.ndarray, background: BackgroundCopies | None 
     ):
         member.write(data)
         return
-    if _crc_pool is None:
-        import concurrent.futures
-
-        _crc_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="beam_v1-crc")
-    crc = _crc_pool.submit(checksums.crc32, data, member._crc)
+    crc = _thread("crc").submit(checksums.crc32, data, member._crc)
     try:
         write_bytes(member._fileobj, value, background)
     finally:
@@ -297,9 +298,10 @@ class ParquetPartWriter(PartWriter):
     def __init__(self, folder: str, model: str):
         super().__init__(folder, model, "parquet")
         self._file = create_output(self.path)
+        self._schema = parquet_schema()
         self._writer = parquet_raw.ParquetRawWriter(
             self._file,
-            parquet_schema(),
+            self._schema,
             write_bytes=lambda file, value: write_bytes(file, value, self._copies),
             created_by=_CREATED_BY,
         )
@@ -321,7 +323,7 @@ class ParquetPartWriter(PartWriter):
         self._size += nbytes
 
     def _write(self, rows: list[dict]) -> None:
-        self._writer.write_rows({f.name: [r[f.name] for r in rows] for f in parquet_schema()})
+        self._writer.write_rows({name: [r[name] for r in rows] for name in self._schema.names})
 
     def _flush(self) -> None:
         if self._rows:
