@@ -232,16 +232,57 @@ def _part_slices(mg) -> dict[str, tuple[str, tuple[int, ...], tuple[int, ...], t
     return found
 
 
+def declared_variables(mg) -> list[str]:
+    """Names of the variables the MetaGraph says its checkpoint holds: the global `variables`
+    collection, else the graph's variable nodes (VariableV2, VarHandleOp) that the
+    `local_variables` collection does not claim (local ones are never saved). A graph with a
+    Saver (`saver_def`) but neither declares `<saver>` itself. Empty only for a graph with no
+    saved variables: then, and only then, a missing checkpoint is not an error."""
+    from tensorflow.core.framework import variable_pb2
+
+    def names(key: str) -> list[str]:
+        found = []
+        collection = mg.collection_def.get(key)
+        for raw in collection.bytes_list.value if collection is not None else ():
+            var = variable_pb2.VariableDef()
+            try:
+                var.ParseFromString(raw)
+            except Exception:  # DecodeError: an unparsable entry still declares a variable
+                found.append(f"<{key} #{len(found)}>")
+                continue
+            found.append(var.variable_name.split(":")[0])
+        return found
+
+    declared = names("variables")
+    if not declared:
+        local = set(names("local_variables"))
+        declared = sorted(n for n in savedmodel.graph_variables(mg) if n not in local)
+    if not declared and mg.saver_def.restore_op_name:
+        declared = [f"<saver {mg.saver_def.restore_op_name}>"]
+    return declared
+
+
 def list_variables(
     model_dir: str, tags: Sequence[str] | str | None = None, *, parts: bool = False
 ) -> list[VariableSpec]:
     """The variables of the checkpoint of the SavedModel at (local) `model_dir`, in name order.
 
-    Empty when the model has no checkpoint (no `variables/variables.index`). Reads the
-    MetaGraph and the index only, never the data shards.
+    Empty only when the graph declares no saved variables (`declared_variables`); a graph
+    that declares some and has no `variables/variables.index` is a ModelFileError naming the
+    index. Reads the MetaGraph and the index only, never the data shards.
     """
     model_dir = savedmodel.resolve_model_dir(model_dir)
     mg = savedmodel.select_meta_graph(savedmodel.read_saved_model(model_dir), tags)
+    index = savedmodel.checkpoint_prefix(model_dir) + ".index"
+    declared = declared_variables(mg)
+    if declared and not os.path.isfile(index):
+        shown = ", ".join(declared[:5]) + (", ..." if len(declared) > 5 else "")
+        shards = _shard_files(savedmodel.checkpoint_prefix(model_dir))
+        raise ModelFileError(
+            f"The checkpoint index {index} is missing, but the graph of {model_dir} declares "
+            f"{len(declared)} saved variable{'s' if len(declared) != 1 else ''} ({shown}); "
+            f"data shards: {', '.join(shards) if shards else 'none found'}."
+        )
     infos = savedmodel.variables(model_dir, mg)  # the same view `beam-v1 inspect` prints
     graph = savedmodel.graph_variables(mg)
     trainable = savedmodel._trainable_names(mg)

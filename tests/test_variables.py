@@ -320,6 +320,45 @@ def test_corrupt_shard_names_the_file(fixtures, tmp_path):
     assert shard in str(e.value)
 
 
+def _break(model: str, dest: Path, how: str) -> tuple[str, str]:
+    """A copy of `model` with its checkpoint broken `how`; (copy, the file named in errors)."""
+    copy, shard = _copy(model, dest)
+    index = os.path.join(copy, "variables", "variables.index")
+    if how == "no index":
+        os.remove(index)
+        return copy, index
+    if how == "no shard":
+        os.remove(shard)
+    elif how == "truncated shard":
+        os.truncate(shard, os.path.getsize(shard) // 2)
+    elif how == "empty index":
+        os.truncate(index, 0)
+        return copy, index
+    return copy, shard
+
+
+@pytest.mark.parametrize("how", ["no index", "empty index", "no shard", "truncated shard"])
+def test_a_graph_with_variables_and_a_broken_checkpoint_fails_named(
+    fixtures, tmp_path, how, capsys
+):
+    """A model "has no variables" only when its graph declares none: a graph with variables
+    whose index or shard is missing or unreadable fails, naming the file, and the CLI exits 1
+    (before, a missing index was reported as "no variables" with exit 0)."""
+    model, named = _break(fixtures["mlp"], tmp_path / "m", how)
+    with pytest.raises(ModelFileError) as e:
+        read_checkpoint(model)
+    assert named in str(e.value)
+    prefix = str(tmp_path / "out" / "d")
+    argv = ["dump-variables", model, fixtures["fixed_batch"], "--output", prefix]
+    assert cli.main(argv) == 1
+    text = capsys.readouterr()
+    assert "2 models: 0 dumped, 1 without variables, 1 failed" in text.out
+    assert f"{fixtures['fixed_batch']}: no variables" in text.out
+    failed = [json.loads(x) for x in Path(prefix + "-failed.jsonl").read_text().splitlines()]
+    assert [f["model"] for f in failed] == [model] and named in failed[0]["error"]
+    assert not os.path.exists(output_path(prefix, model, "parquet"))
+
+
 @pytest.mark.parametrize("fmt", ["parquet", "npz"])
 def test_corrupt_sliced_variable_fails_its_model_and_writes_no_file(fixtures, tmp_path, fmt):
     """A big variable read as mapped ranges is checked against the index's CRC-32C after its
