@@ -303,8 +303,9 @@ def list_variables(
     """The variables of the checkpoint of the SavedModel at (local) `model_dir`, in name order.
 
     Empty only when the graph declares no saved variables (`declared_variables`); a graph
-    that declares some and has no `variables/variables.index` is a ModelFileError naming the
-    index. Reads the MetaGraph and the index only, never the data shards.
+    that declares some and has no `variables/variables.index`, or one that holds none of
+    them, is a ModelFileError naming the index. Reads the MetaGraph and the index only, never
+    the data shards.
     """
     model_dir = savedmodel.resolve_model_dir(model_dir)
     mg = savedmodel.select_meta_graph(savedmodel.read_saved_model(model_dir), tags)
@@ -354,6 +355,15 @@ def list_variables(
                 key=info.name,
                 full_shape=shape,
             )
+        )
+    saved = {i.name for i in infos if i.in_checkpoint}
+    saved |= {p for i in infos if i.in_checkpoint for p in i.parts}
+    named = [n for n in declared if not n.startswith("<")]
+    if named and not saved.intersection(named):
+        raise ModelFileError(
+            f"The checkpoint index {index} holds none of the {len(declared)} saved variable"
+            f"{'s' if len(declared) != 1 else ''} the graph of {model_dir} declares "
+            f"({', '.join(declared[:5])}{', ...' if len(declared) > 5 else ''})."
         )
     return specs
 

@@ -334,10 +334,19 @@ def _break(model: str, dest: Path, how: str) -> tuple[str, str]:
     elif how == "empty index":
         os.truncate(index, 0)
         return copy, index
+    elif how == "index of other variables":  # a valid index that is not this graph's
+        prefix = str(dest.parent / "other")
+        tf.raw_ops.SaveV2(
+            prefix=prefix, tensor_names=["other"], shape_and_slices=[""], tensors=[[1.0]]
+        )
+        shutil.copy(prefix + ".index", index)
+        return copy, index
     return copy, shard
 
 
-@pytest.mark.parametrize("how", ["no index", "empty index", "no shard", "truncated shard"])
+@pytest.mark.parametrize(
+    "how", ["no index", "empty index", "index of other variables", "no shard", "truncated shard"]
+)
 def test_a_graph_with_variables_and_a_broken_checkpoint_fails_named(
     fixtures, tmp_path, how, capsys
 ):
