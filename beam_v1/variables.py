@@ -2,10 +2,10 @@
 
 Never imports or runs the graph: names, dtypes, shapes, ref/resource and trainable come from
 the MetaGraph's protos (`beam_v1.savedmodel`), values from `variables/variables.index` and
-its data shards through TensorFlow's checkpoint reader. The index is also parsed here
-(`read_index`, held to TensorFlow's table reader: every block's CRC-32C is checked) to find
-where each tensor's bytes lie. So it works on models whose ops this
-TensorFlow lacks. No Beam here (`beam_v1.dump` holds the transform and the sinks).
+its data shards through TensorFlow's checkpoint reader, so it works on models whose ops this
+TensorFlow lacks. The index is also parsed here (`read_index`, held to TensorFlow's table
+reader: every block's CRC-32C is checked) to find where each tensor's bytes lie. No Beam here
+(`beam_v1.dump` holds the transform and the sinks).
 
 Partitioned variables: a TF1 Saver stores a partitioned variable ONCE, under its full name,
 as several slices (one per part). By default it is read back whole (`w`); with
