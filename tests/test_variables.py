@@ -326,6 +326,54 @@ def test_corrupt_shard_names_the_file(fixtures, tmp_path):
     assert shard in str(e.value)
 
 
+def _break(model: str, dest: Path, how: str) -> tuple[str, str]:
+    """A copy of `model` with its checkpoint broken `how`; (copy, the file named in errors)."""
+    copy, shard = _copy(model, dest)
+    index = os.path.join(copy, "variables", "variables.index")
+    if how == "no index":
+        os.remove(index)
+        return copy, index
+    if how == "no shard":
+        os.remove(shard)
+    elif how == "truncated shard":
+        os.truncate(shard, os.path.getsize(shard) // 2)
+    elif how == "empty index":
+        os.truncate(index, 0)
+        return copy, index
+    elif how == "index of other variables":  # a valid index that is not this graph's
+        prefix = str(dest.parent / "other")
+        tf.raw_ops.SaveV2(
+            prefix=prefix, tensor_names=["other"], shape_and_slices=[""], tensors=[[1.0]]
+        )
+        shutil.copy(prefix + ".index", index)
+        return copy, index
+    return copy, shard
+
+
+@pytest.mark.parametrize(
+    "how", ["no index", "empty index", "index of other variables", "no shard", "truncated shard"]
+)
+def test_a_graph_with_variables_and_a_broken_checkpoint_fails_named(
+    fixtures, tmp_path, how, capsys
+):
+    """A model "has no variables" only when its graph declares none: a graph with variables
+    whose index or shard is missing or unreadable fails, naming the file, and the CLI exits 1
+    (before, a missing index was reported as "no variables" with exit 0)."""
+    model, named = _break(fixtures["mlp"], tmp_path / "m", how)
+    with pytest.raises(ModelFileError) as e:
+        read_checkpoint(model)
+    assert named in str(e.value)
+    prefix = str(tmp_path / "out" / "d")
+    argv = ["dump-variables", model, fixtures["fixed_batch"], "--output", prefix]
+    assert cli.main(argv) == 1
+    text = capsys.readouterr()
+    assert "2 models: 0 dumped, 1 without variables, 1 failed" in text.out
+    assert f"{fixtures['fixed_batch']}: no variables" in text.out
+    failed = [json.loads(x) for x in Path(prefix + "-failed.jsonl").read_text().splitlines()]
+    assert [f["model"] for f in failed] == [model] and named in failed[0]["error"]
+    assert not os.path.exists(output_path(prefix, model, "parquet"))
+
+
 @pytest.mark.parametrize("fmt", ["parquet", "npz"])
 def test_corrupt_sliced_variable_fails_its_model_and_writes_no_file(fixtures, tmp_path, fmt):
     """A big variable read as mapped ranges is checked against the index's CRC-32C after its
@@ -638,6 +686,72 @@ def test_every_dtype_round_trips_sliced_whole_and_joined(tmp_path, fmt):
     final = str(tmp_path / f"joined.{fmt}")
     assert dump_files.finalize(final, parts) == "joined"
     _assert_bit_exact(read_variables(final), want)
+
+
+def _join_rows(rows: list[tuple]) -> dict[str, np.ndarray]:
+    """Variables from dump rows (name, dtype, shape, num_slices, row_start, row_stop, data) as
+    another reader returned them; no beam_v1 reader involved."""
+    import ml_dtypes
+
+    out: dict[str, np.ndarray] = {}
+    for name, dtype, shape, num_slices, start, stop, data in rows:
+        data = bytes(data)
+        if dtype == "string":
+            assert num_slices == 1
+            items, pos = [], 0
+            while pos < len(data):
+                n = int.from_bytes(data[pos : pos + 8], "little")
+                items.append(data[pos + 8 : pos + 8 + n])
+                pos += 8 + n
+            out[name] = np.array(items, dtype=object).reshape(shape)
+            continue
+        np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+        value = np.frombuffer(data, np_dtype.newbyteorder("<"))
+        if num_slices == 1:
+            out[name] = value.reshape(shape)
+            continue
+        if name not in out:
+            out[name] = np.zeros(shape, np_dtype)
+        out[name][start:stop] = value.reshape((stop - start, *shape[1:]))
+    return out
+
+
+def test_dump_parquet_reads_the_same_in_duckdb_polars_and_pyarrow(tmp_path):
+    """The dump's Parquet (our own writer) read by DuckDB and by Polars: every column of every
+    row equals pyarrow's reading, and the variables joined from their rows equal TensorFlow's
+    (several dtypes sliced into 1 KiB rows; a 6 MiB variable in 2 MiB kernel-copied rows)."""
+    import duckdb
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    for model, slice_bytes in (
+        (build_dtypes(str(tmp_path / "dtypes")), 1024),
+        (build_wide(str(tmp_path / "wide")), 2 << 20),
+    ):
+        prefix = str(tmp_path / f"out{slice_bytes}" / "dump")
+        assert _dump([model], prefix, "parquet", slice_bytes=slice_bytes) == []
+        path = output_path(prefix, model, "parquet")
+        arrow = pq.read_table(path)
+        names = arrow.schema.names
+        want = [tuple(r[n] for n in names) for r in arrow.to_pylist()]
+        with duckdb.connect() as con:
+            cols = ", ".join(f'"{n}"' for n in names)
+            by_duckdb = con.execute(f"SELECT {cols} FROM read_parquet(?)", [path]).fetchall()
+        by_polars = pl.read_parquet(path).select(names).rows()
+        for got in (by_duckdb, by_polars):
+            assert len(got) == len(want) > 1
+            for row, expected in zip(got, want, strict=True):
+                row = tuple(bytes(v) if isinstance(v, bytes | memoryview) else v for v in row)
+                assert row == expected  # no NaN or -0.0 in these dumps: == is exact here
+        if slice_bytes == 1024:
+            assert max(r[names.index("num_slices")] for r in want) > 10
+        else:
+            assert [r[names.index("num_slices")] for r in want if r[1] == "wide"] == [3, 3, 3]
+        joined = ["name", "dtype", "shape", "num_slices", "row_start", "row_stop", "data"]
+        rows = [tuple(r[names.index(c)] for c in joined) for r in by_duckdb]
+        _assert_bit_exact(_join_rows(rows), _ckpt_values(model))
+        rows = pl.read_parquet(path).select(joined).rows()
+        _assert_bit_exact(_join_rows(rows), _ckpt_values(model))
 
 
 def test_npz_lists_many_bfloat16_variables_in_a_member(tmp_path):

@@ -87,7 +87,7 @@ def run_dump(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
         f"{n_bytes / 1e6:,.1f} MB in {seconds:,.1f} s ({args.format})",
     ]
     lines += [f"  {w['model']} -> {w['file']} ({w['variables']} variables)" for w in written]
-    lines += [f"  {m}: no variables (no checkpoint), nothing written" for m in empty]
+    lines += [f"  {m}: no variables (its graph declares none), nothing written" for m in empty]
     if written:
         lines.append(f"  manifest: {args.output}-manifest.jsonl")
     for f in failed:

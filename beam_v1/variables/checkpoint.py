@@ -2,8 +2,10 @@
 
 Never imports or runs the graph: names, dtypes, shapes, ref/resource and trainable come from
 the MetaGraph's protos (`beam_v1.model.metadata`), values from `variables/variables.index` and
-its data shards through TensorFlow's checkpoint reader. So it works on models whose ops this
-TensorFlow lacks. No Beam here (`beam_v1.variables.dump` holds the transform and the sinks).
+its data shards through TensorFlow's checkpoint reader, so it works on models whose ops this
+TensorFlow lacks. The index is also parsed here (`read_index`, held to TensorFlow's table
+reader: every block's CRC-32C is checked) to find where each tensor's bytes lie. No Beam here
+(`beam_v1.variables.dump` holds the transform and the sinks).
 
 Partitioned variables: a TF1 Saver stores a partitioned variable ONCE, under its full name,
 as several slices (one per part). By default it is read back whole (`w`); with
@@ -15,9 +17,9 @@ Big variables (more bytes than `slice_bytes`) are read as row ranges along their
   the mapping goes with the array), so memory holds one range, never the whole tensor.
   TensorFlow's CRC-32C covers the whole tensor: `slices()` checks it over the ranges as it
   gives them, and fails after the last one if it differs; a lone `read_rows` is unverified.
-- stored as slices (partitioned), or when the index cannot be parsed here (an unknown block
-  compression): `RestoreV2` with a `shape_and_slices` spec. TensorFlow's BundleReader then reads
-  each intersecting stored slice whole into a temporary, then copies the range out.
+- stored as slices (partitioned): `RestoreV2` with a `shape_and_slices` spec. TensorFlow's
+  BundleReader then reads each intersecting stored slice whole into a temporary, then copies
+  the range out.
 """
 
 from __future__ import annotations
@@ -105,105 +107,138 @@ def _tf_dtype(name: str):
 # ------------------------------------------------------------------- the index
 
 
-class _Compressed(Exception):
+_BLOCK_TRAILER = 5  # compression type byte + masked CRC-32C
+_FOOTER = 48  # two block handles padded to 40 bytes, then the magic number
+_NO_COMPRESSION, _SNAPPY = 0, 1
+
+
+class _TableError(Exception):
     pass
 
 
-def _snappy_decompress(data: bytes) -> bytes:
-    """Raw Snappy (the only compression TensorFlow's table writer uses for index blocks)."""
-    length, pos = varint.decode(data, 0)
-    out = bytearray()
-    while pos < len(data):
-        tag = data[pos]
-        pos += 1
-        kind = tag & 3
-        if kind == 0:  # literal
-            n = tag >> 2
-            if n >= 60:
-                extra = n - 59
-                n = int.from_bytes(data[pos : pos + extra], "little")
-                pos += extra
-            n += 1
-            out += data[pos : pos + n]
-            pos += n
-            continue
-        if kind == 1:
-            n = ((tag >> 2) & 7) + 4
-            back = ((tag >> 5) << 8) | data[pos]
-            pos += 1
-        elif kind == 2:
-            n = (tag >> 2) + 1
-            back = int.from_bytes(data[pos : pos + 2], "little")
-            pos += 2
-        else:
-            n = (tag >> 2) + 1
-            back = int.from_bytes(data[pos : pos + 4], "little")
-            pos += 4
-        if back == 0 or back > len(out):
-            raise ValueError("bad snappy copy offset")
-        start = len(out) - back
-        for i in range(n):  # copies may overlap their own output
-            out.append(out[start + i])
-    if len(out) != length:
-        raise ValueError(f"snappy block holds {len(out)} bytes, header says {length}")
-    return bytes(out)
-
-
-def _block_entries(data: bytes, offset: int, size: int) -> Iterator[tuple[bytes, bytes]]:
-    compression = data[offset + size]  # block trailer: compression type
+def _read_block(data: bytes, offset: int, size: int) -> bytes:
+    """The contents of the block at (offset, size), as TensorFlow's table reader gives them
+    (tensorflow/core/lib/io/format.cc ReadBlock): the trailer's CRC-32C, masked, must be that
+    of the block's bytes and its type byte; type 0 is raw, 1 raw Snappy, anything else an
+    error."""
+    end = offset + size + _BLOCK_TRAILER
+    if offset < 0 or size < 0 or end > len(data) - _FOOTER:
+        raise _TableError(f"block {offset}+{size} lies outside the table")
+    stored = struct.unpack_from("<I", data, offset + size + 1)[0]
+    if checksums.masked_crc32c(data[offset : offset + size + 1]) != stored:
+        raise _TableError(f"block checksum mismatch (block at {offset}, {size} bytes)")
     block = data[offset : offset + size]
-    if compression == 1:
-        block = _snappy_decompress(block)
-        size = len(block)
-    elif compression != 0:
-        raise _Compressed()
+    compression = data[offset + size]
+    if compression == _SNAPPY:
+        import pyarrow as pa
+
+        length, _ = varint.decode(block, 0)
+        try:
+            return pa.Codec("snappy").decompress(block, decompressed_size=length).to_pybytes()
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise _TableError(f"corrupted compressed block contents at {offset}: {e}") from e
+    if compression != _NO_COMPRESSION:
+        raise _TableError(f"bad block type {compression} at {offset}")
+    return block
+
+
+def _block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of a table block, bounds-checked as TensorFlow's Block does."""
+    size = len(block)
+    if size < 4:
+        raise _TableError("block too short for its restart count")
     restarts = struct.unpack_from("<I", block, size - 4)[0]
+    if restarts > (size - 4) // 4:
+        raise _TableError(f"block claims {restarts} restart points in {size} bytes")
     limit = size - 4 - 4 * restarts
     pos, key = 0, b""
     while pos < limit:
         shared, pos = varint.decode(block, pos)
         own, pos = varint.decode(block, pos)
         length, pos = varint.decode(block, pos)
+        if shared > len(key) or pos + own + length > limit:
+            raise _TableError(f"bad entry in block at byte {pos}")
         key = key[:shared] + block[pos : pos + own]
         pos += own
         yield key, block[pos : pos + length]
         pos += length
 
 
+def _handle(data: bytes, pos: int) -> tuple[int, int, int]:
+    offset, pos = varint.decode(data, pos)
+    size, pos = varint.decode(data, pos)
+    return offset, size, pos
+
+
 def read_index(prefix: str):
-    """(BundleHeaderProto, {key: BundleEntryProto}) from `prefix.index` (a LevelDB table), or
-    None when a block uses a compression other than Snappy (then only TensorFlow's reader is
-    used)."""
+    """(BundleHeaderProto, {key: BundleEntryProto}) from `prefix.index` (a LevelDB table).
+
+    Held to TensorFlow's reader: the footer's magic number, every block's CRC-32C, block
+    bounds and types are checked; an index that fails any check is a ModelFileError naming
+    the file. Raw Snappy blocks (which TensorFlow's BundleWriter does not write) are
+    decompressed by pyarrow."""
     from tensorflow.core.protobuf import tensor_bundle_pb2
 
     path = prefix + ".index"
-    with open(path, "rb") as f:
-        data = f.read()
-    if len(data) < 48 or data[-8:] != _TABLE_MAGIC:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ModelFileError(f"The checkpoint index {path} cannot be read: {e}") from e
+    if len(data) < _FOOTER or data[-8:] != _TABLE_MAGIC:
         raise ModelFileError(f"The checkpoint index {path} is corrupt (no table footer).")
     try:
-        footer = data[-48:]
-        _, pos = varint.decode(footer, 0)
-        _, pos = varint.decode(footer, pos)
-        index_offset, pos = varint.decode(footer, pos)
-        index_size, _ = varint.decode(footer, pos)
-        header = tensor_bundle_pb2.BundleHeaderProto()
-        entries = {}
-        for _, handle in _block_entries(data, index_offset, index_size):
-            offset, pos = varint.decode(handle, 0)
-            size, _ = varint.decode(handle, pos)
-            for key, value in _block_entries(data, offset, size):
+        _, _, pos = _handle(data, len(data) - _FOOTER)  # the metaindex: unused, as in TF
+        index_offset, index_size, _ = _handle(data, pos)
+        header, entries = None, {}
+        for _, handle in _block_entries(_read_block(data, index_offset, index_size)):
+            offset, size, _ = _handle(handle, 0)
+            for key, value in _block_entries(_read_block(data, offset, size)):
                 if key == b"":
-                    header.ParseFromString(value)
+                    header = tensor_bundle_pb2.BundleHeaderProto.FromString(value)
                 else:
-                    entry = tensor_bundle_pb2.BundleEntryProto()
-                    entry.ParseFromString(value)
-                    entries[key] = entry
-    except _Compressed:
-        return None
-    except Exception as e:  # IndexError, struct.error, DecodeError, ValueError
+                    entries[key] = tensor_bundle_pb2.BundleEntryProto.FromString(value)
+        if header is None:
+            raise _TableError("no bundle header entry")
+    except Exception as e:  # _TableError, IndexError, struct.error, DecodeError, ValueError
         raise ModelFileError(f"The checkpoint index {path} is corrupt: {e}") from e
     return header, entries
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexedTensor:
+    """One tensor as the checkpoint index lists it (what `tf.train.load_checkpoint` lists)."""
+
+    name: str
+    dtype_enum: int  # TensorFlow's DataType enum
+    shape: tuple[int, ...]
+    slices: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]  # (offset, shape) per slice
+
+
+def list_index(prefix: str) -> dict[str, IndexedTensor]:
+    """Every tensor of the checkpoint at `prefix` by name, from our index reader alone: the
+    slice entries of a partitioned tensor are listed under it, not on their own (TensorFlow's
+    CheckpointReader does the same)."""
+    _, entries = read_index(prefix)
+    found = {}
+    for key, entry in entries.items():
+        if key.startswith(b"\x00"):  # a slice's own key (TF names cannot hold NUL)
+            continue
+        shape = tuple(d.size for d in entry.shape.dim)
+        slices = []
+        for proto in entry.slices:
+            offsets, sizes = [], []
+            for dim, extent in zip(shape, proto.extent, strict=False):
+                has_length = extent.HasField("length")
+                offsets.append(extent.start)
+                sizes.append(extent.length if has_length else dim - extent.start)
+            for dim in shape[len(proto.extent) :]:  # extents left out span their dimension
+                offsets.append(0)
+                sizes.append(dim)
+            slices.append((tuple(offsets), tuple(sizes)))
+        name = key.decode("utf-8", "replace")
+        found[name] = IndexedTensor(name, entry.dtype, shape, tuple(slices))
+    return found
 
 
 def shard_path(prefix: str, shard_id: int, num_shards: int) -> str:
@@ -233,16 +268,58 @@ def _part_slices(mg) -> dict[str, tuple[str, tuple[int, ...], tuple[int, ...], t
     return found
 
 
+def declared_variables(mg) -> list[str]:
+    """Names of the variables the MetaGraph says its checkpoint holds: the global `variables`
+    collection, else the graph's variable nodes (VariableV2, VarHandleOp) that the
+    `local_variables` collection does not claim (local ones are never saved). A graph with a
+    Saver (`saver_def`) but neither declares `<saver>` itself. Empty only for a graph with no
+    saved variables: then, and only then, a missing checkpoint is not an error."""
+    from tensorflow.core.framework import variable_pb2
+
+    def names(key: str) -> list[str]:
+        found = []
+        collection = mg.collection_def.get(key)
+        for raw in collection.bytes_list.value if collection is not None else ():
+            var = variable_pb2.VariableDef()
+            try:
+                var.ParseFromString(raw)
+            except Exception:  # DecodeError: an unparsable entry still declares a variable
+                found.append(f"<{key} #{len(found)}>")
+                continue
+            found.append(var.variable_name.split(":")[0])
+        return found
+
+    declared = names("variables")
+    if not declared:
+        local = set(names("local_variables"))
+        declared = sorted(n for n in savedmodel.graph_variables(mg) if n not in local)
+    if not declared and mg.saver_def.restore_op_name:
+        declared = [f"<saver {mg.saver_def.restore_op_name}>"]
+    return declared
+
+
 def list_variables(
     model_dir: str, tags: Sequence[str] | str | None = None, *, parts: bool = False
 ) -> list[VariableSpec]:
     """The variables of the checkpoint of the SavedModel at (local) `model_dir`, in name order.
 
-    Empty when the model has no checkpoint (no `variables/variables.index`). Reads the
-    MetaGraph and the index only, never the data shards.
+    Empty only when the graph declares no saved variables (`declared_variables`); a graph
+    that declares some and has no `variables/variables.index`, or one that holds none of
+    them, is a ModelFileError naming the index. Reads the MetaGraph and the index only, never
+    the data shards.
     """
     model_dir = savedmodel.resolve_model_dir(model_dir)
     mg = savedmodel.select_meta_graph(savedmodel.read_saved_model(model_dir), tags)
+    index = savedmodel.checkpoint_prefix(model_dir) + ".index"
+    declared = declared_variables(mg)
+    if declared and not os.path.isfile(index):
+        shown = ", ".join(declared[:5]) + (", ..." if len(declared) > 5 else "")
+        shards = _shard_files(savedmodel.checkpoint_prefix(model_dir))
+        raise ModelFileError(
+            f"The checkpoint index {index} is missing, but the graph of {model_dir} declares "
+            f"{len(declared)} saved variable{'s' if len(declared) != 1 else ''} ({shown}); "
+            f"data shards: {', '.join(shards) if shards else 'none found'}."
+        )
     infos = savedmodel.variables(model_dir, mg)  # the same view `beam-v1 inspect` prints
     graph = savedmodel.graph_variables(mg)
     trainable = savedmodel._trainable_names(mg)
@@ -280,6 +357,15 @@ def list_variables(
                 full_shape=shape,
             )
         )
+    saved = {i.name for i in infos if i.in_checkpoint}
+    saved |= {p for i in infos if i.in_checkpoint for p in i.parts}
+    named = [n for n in declared if not n.startswith("<")]
+    if named and not saved.intersection(named):
+        raise ModelFileError(
+            f"The checkpoint index {index} holds none of the {len(declared)} saved variable"
+            f"{'s' if len(declared) != 1 else ''} the graph of {model_dir} declares "
+            f"({', '.join(declared[:5])}{', ...' if len(declared) > 5 else ''})."
+        )
     return specs
 
 
@@ -312,6 +398,7 @@ class CheckpointReader:
         index = self.prefix + ".index"
         if not os.path.isfile(index):
             raise ModelFileError(f"The model {model_dir} has no checkpoint index {index}.")
+        self._header, self._entries = read_index(self.prefix)
         from tensorflow.python.training import py_checkpoint_reader
 
         try:
@@ -320,20 +407,18 @@ class CheckpointReader:
             raise ModelFileError(
                 f"The checkpoint {self.prefix} cannot be opened ({self._shards_text()}): {e}"
             ) from e
-        parsed = read_index(self.prefix)
-        self._header, self._entries = parsed if parsed else (None, None)
 
     def _shards_text(self) -> str:
         files = _shard_files(self.prefix)
         return "data shards: " + (", ".join(files) if files else "none found")
 
     def _entry(self, key: str):
-        return None if self._entries is None else self._entries.get(key.encode("utf-8"))
+        return self._entries.get(key.encode("utf-8"))
 
     def _entry_files(self, key: str) -> list[str]:
         """The data shard(s) holding checkpoint key `key`."""
         entry = self._entry(key)
-        if entry is None or self._header is None:
+        if entry is None:
             return _shard_files(self.prefix)
         n = self._header.num_shards
         if not entry.slices:
@@ -347,11 +432,6 @@ class CheckpointReader:
 
     def check(self) -> None:
         """Every tensor's shard exists and holds its bytes (the index's offset + size)."""
-        if self._entries is None:
-            for path in _shard_files(self.prefix) or [self.prefix + ".data-?"]:
-                if not os.path.isfile(path):
-                    raise ModelFileError(f"Data shard {path} of {self.prefix} is missing.")
-            return
         n = self._header.num_shards
         sizes: dict[str, int | None] = {}
         for key, entry in self._entries.items():

@@ -137,7 +137,7 @@ class _DumpModelDoFn(beam.DoFn):
             model_dir = savedmodel.resolve_model_dir(staging.local_model_dir(path))
             specs = variables.list_variables(model_dir, self.tags, parts=self.parts)
             if not specs:
-                _log.warning("Model %s has no variables (no checkpoint): nothing to dump.", path)
+                _log.warning("Model %s declares no variables: nothing to dump.", path)
                 self.empty.inc()
                 return
             reader = variables.CheckpointReader(model_dir)
