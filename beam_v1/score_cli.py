@@ -230,7 +230,7 @@ def summarize(result, transform, seconds: float) -> dict[str, Any]:
     }
 
 
-COUNTED = "counts from the written files (the runner reports no metrics)"
+COUNTED = "counts from the written files: the runner reports no metrics"
 
 
 def _rows(paths: list[str]) -> int:

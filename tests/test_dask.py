@@ -137,7 +137,7 @@ def test_compat_runner_runs_what_beams_dask_runner_mistranslates(dask_address, t
 
 @pytest.mark.xfail(strict=True, reason="Beam 2.77's DaskRunner mistranslates this (see "
                    "beam_v1/dask_compat.py); an XPASS means Beam fixed it")
-@pytest.mark.parametrize("build", FAULTS[:4], ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize("build", FAULTS, ids=lambda f: f.__name__.strip("_"))
 def test_beams_dask_runner_still_has_the_fault(dask_address, tmp_path, build):
     expected = build(beam.Pipeline(), str(tmp_path))
     run(lambda p: build(p, str(tmp_path)), BEAM_DASK, dask_address)
@@ -287,3 +287,17 @@ def assert_same_dump(got, want) -> None:
         if name.endswith("-manifest.jsonl"):
             a = a.replace(str(got).encode(), str(want).encode())
         assert a == b, name
+
+
+@pytest.mark.parametrize("args, want", [
+    (["--runner", "DaskRunner", "--x"], ["--runner", COMPAT, "--x"]),
+    (["--runner=DaskRunner"], ["--runner=" + COMPAT]),
+    (["--runner", BEAM_DASK], ["--runner", COMPAT]),
+    (["--runner=" + BEAM_DASK], ["--runner=" + COMPAT]),
+    (["--runner", "DirectRunner", "--job_name", "DaskRunner"],
+     ["--runner", "DirectRunner", "--job_name", "DaskRunner"]),
+])
+def test_cli_maps_dask_runner_names_to_the_compat_runner(args, want):
+    from beam_v1.cli import runner_alias
+
+    assert runner_alias(args) == want
