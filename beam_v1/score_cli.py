@@ -180,10 +180,11 @@ def summarize(result, transform, seconds: float) -> dict[str, Any]:
 
     from beam_v1 import latency
 
+    counted = False
     try:
         metrics = result.metrics().query(MetricsFilter().with_namespace("beam_v1"))
     except NotImplementedError:  # a runner without metrics (Beam's DaskRunner)
-        metrics = {"counters": [], "distributions": []}
+        metrics, counted = {"counters": [], "distributions": []}, True
 
     def value(item):
         try:
@@ -205,7 +206,6 @@ def summarize(result, transform, seconds: float) -> dict[str, Any]:
     failed_files = _matching(f"{transform.dead_letter_prefix}-*-of-*.parquet")
     files = [f for f in files if f not in failed_files]
     load = dists.get("model_load_ms")
-    counted = not metrics["counters"]
     if counted:  # no metrics: the rows are those of the files the run wrote
         counters.update(rows_scored=_rows(files), rows_failed=_rows(failed_files))
         counters["rows_in"] = counters["rows_scored"] + counters["rows_failed"]
