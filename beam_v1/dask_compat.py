@@ -1,7 +1,8 @@
 """Beam's DaskRunner with the translation faults that stop beam-v1's pipelines fixed.
 
 `apache_beam.runners.dask.dask_runner.DaskRunner` (Beam 2.77) turns each Beam primitive into
-a `dask.bag` operation. Four of its translations are wrong for ordinary Beam pipelines:
+a `dask.bag` operation. Five of its translations are wrong for ordinary Beam pipelines
+(`tests/test_dask.py` shows each on a pure-Beam pipeline):
 
 1. `Impulse` has no translation: it becomes the identity of its input, `None`, so the first
    ParDo after it fails with `AttributeError: 'NoneType' object has no attribute 'map'`.
@@ -10,24 +11,26 @@ a `dask.bag` operation. Four of its translations are wrong for ordinary Beam pip
    main output's elements: `TypeError: 'VariableRecord' object is not subscriptable`).
 3. Only the bag of the last transform visited is computed ("connected to the full Bag Task
    Graph", which is false for a pipeline with two sinks): other branches never run.
-4. A side input is a bag computed again inside every task that reads it (its whole upstream
-   runs once more), and `Reshuffle` is the identity, so one partition stays one task.
+4. What a DoFn outputs in `finish_bundle` is dropped (the outputs are taken before it runs).
+5. A side input is a bag computed again inside every task that reads it (its whole upstream
+   runs once more).
+Also `Reshuffle` is the identity there, so one partition stays one task.
 
-`DaskRunner` here keeps Beam's translations of Create, ParDo, GroupByKey and Flatten and
-fixes those four: Impulse is a one-element bag, each output of a ParDo is its own bag (the
-elements keep their tag until they are split), every unconsumed output is computed, a side
-input is a dependency of the tasks that read it (computed once), and Reshuffle splits its
-bag into at least as many partitions as the cluster has worker threads (or `--dask_npartitions`).
-`PipelineResult.metrics()` is not implemented by Beam's DaskRunner (it raises
-NotImplementedError); callers must count what the run wrote instead.
+`DaskRunner` here keeps Beam's translations of Create, GroupByKey and Flatten and Beam's
+DoFn invoker, and fixes those: Impulse is a one-element bag; a ParDo's elements keep their
+output tag (and `finish_bundle`'s outputs) and each output is its own bag, split from them;
+every unconsumed output is computed (as its count, so no data goes back to the client); a
+side input is a dependency of the tasks that read it (computed once); Reshuffle splits its
+bag into at least as many partitions as the cluster has worker threads (or
+`--dask_npartitions`). `PipelineResult.metrics()` is not implemented by Beam's DaskRunner
+(it raises NotImplementedError): callers must count what the run wrote instead.
 
 Use it as `--runner beam_v1.dask_compat.DaskRunner` (the `beam-v1` CLI maps `DaskRunner` and
-Beam's class path to it, `beam_v1.cli.runner_alias`) with `--dask_client_address tcp://HOST:PORT`.
+Beam's class path to it: `beam_v1.cli.runner_alias`) with `--dask_client_address tcp://HOST:PORT`.
 """
 
 from __future__ import annotations
 
-import logging
 import typing as t
 
 import apache_beam as beam
@@ -37,7 +40,6 @@ from apache_beam.runners.dask import dask_runner, overrides, transform_evaluator
 from apache_beam.runners.runner import PipelineResult
 from apache_beam.transforms.sideinputs import SideInputMap
 
-_log = logging.getLogger(__name__)
 
 def _bundle(items, invoker_args, invoker_kwargs, receivers, side_specs, *side_values):
     """Run a DoFn over one partition; returns (tag, value) pairs (tag None: main output).
