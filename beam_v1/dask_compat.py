@@ -26,7 +26,7 @@ bag into at least as many partitions as the cluster has worker threads (or
 (it raises NotImplementedError): callers must count what the run wrote instead.
 
 Use it as `--runner beam_v1.dask_compat.DaskRunner` (the `beam-v1` CLI maps `DaskRunner` and
-Beam's class path to it: `beam_v1.cli.runner_alias`) with `--dask_client_address tcp://HOST:PORT`.
+Beam's class path to it: `beam_v1.cli.main.runner_alias`) with `--dask_client_address tcp://HOST:PORT`.
 """
 
 from __future__ import annotations

@@ -184,7 +184,7 @@ def mlp_parquet(built_models, directory: str) -> tuple[str, str, int]:
 
 
 def test_score_command_on_dask_equals_direct(mlp_input, dask_address, tmp_path):
-    from beam_v1.score_cli import score
+    from beam_v1.cli.score import score
 
     model, pattern, bad = mlp_input
     direct = score(model, pattern, str(tmp_path / "direct"), [], progress=False, batch_size=512)
@@ -240,7 +240,7 @@ def write_table(table: pa.Table, folder: str, kind: str) -> None:
 
 
 def test_score_tfrecord_on_dask_equals_direct(dask_address, tmp_path):
-    from beam_v1.tfrecord import ScoreTFRecord
+    from beam_v1.io.tfrecord import ScoreTFRecord
 
     model = build_estimator_style(str(tmp_path / "model"))
     (tmp_path / "in").mkdir()
@@ -266,7 +266,7 @@ def test_score_tfrecord_on_dask_equals_direct(dask_address, tmp_path):
 
 
 def test_dump_variables_on_dask_is_bit_exact(built_models, dask_address, tmp_path):
-    from beam_v1.cli import main
+    from beam_v1.cli.main import main
 
     models = [built_models["mlp"], built_models["partitioned"], str(tmp_path / "missing")]
     assert main(["dump-variables", *models, "--output", str(tmp_path / "direct" / "v")]) == 1
@@ -298,6 +298,6 @@ def assert_same_dump(got, want) -> None:
      ["--runner", "DirectRunner", "--job_name", "DaskRunner"]),
 ])
 def test_cli_maps_dask_runner_names_to_the_compat_runner(args, want):
-    from beam_v1.cli import runner_alias
+    from beam_v1.cli.main import runner_alias
 
     assert runner_alias(args) == want

@@ -25,7 +25,7 @@ def pool_port(tmp_path_factory):
 
 
 def test_score_command_on_the_portable_runner_equals_direct(mlp_input, pool_port, tmp_path):
-    from beam_v1.score_cli import score
+    from beam_v1.cli.score import score
 
     model, pattern, bad = mlp_input
     direct = score(model, pattern, str(tmp_path / "direct"), [], progress=False, batch_size=512)
@@ -45,7 +45,7 @@ def test_score_command_on_the_portable_runner_equals_direct(mlp_input, pool_port
 
 
 def test_dump_variables_on_the_portable_runner_is_bit_exact(built_models, pool_port, tmp_path):
-    from beam_v1.cli import main
+    from beam_v1.cli.main import main
 
     models = [built_models["mlp"], built_models["partitioned"], str(tmp_path / "missing")]
     assert main(["dump-variables", *models, "--output", str(tmp_path / "direct" / "v")]) == 1
