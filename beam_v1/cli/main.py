@@ -20,6 +20,21 @@ def csv_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+DASK_RUNNERS = ("DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner")
+
+
+def runner_alias(args: Sequence[str]) -> list[str]:
+    """Pipeline args with `--runner DaskRunner` (or Beam's DaskRunner class path) naming
+    `beam_v1.dask_compat.DaskRunner`: Beam's runner with its translation faults fixed."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--runner" and i + 1 < len(out) and out[i + 1] in DASK_RUNNERS:
+            out[i + 1] = "beam_v1.dask_compat.DaskRunner"
+        elif arg.startswith("--runner=") and arg.split("=", 1)[1] in DASK_RUNNERS:
+            out[i] = "--runner=beam_v1.dask_compat.DaskRunner"
+    return out
+
+
 def _add_load_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tags",
@@ -117,6 +132,7 @@ def main(argv: Sequence[str] | None = None, *, hard_stop: bool | None = None) ->
     from beam_v1.errors import BeamV1Error
 
     _stop_on_signals(hard_stop)
+    extra = runner_alias(extra)
     try:
         if args.command == "inspect":
             return _inspect(args)

@@ -180,7 +180,11 @@ def summarize(result, transform, seconds: float) -> dict[str, Any]:
 
     from beam_v1.scoring import latency
 
-    metrics = result.metrics().query(MetricsFilter().with_namespace("beam_v1"))
+    counted = False
+    try:
+        metrics = result.metrics().query(MetricsFilter().with_namespace("beam_v1"))
+    except NotImplementedError:  # a runner without metrics (Beam's DaskRunner)
+        metrics, counted = {"counters": [], "distributions": []}, True
 
     def value(item):
         try:
@@ -202,6 +206,9 @@ def summarize(result, transform, seconds: float) -> dict[str, Any]:
     failed_files = _matching(f"{transform.dead_letter_prefix}-*-of-*.parquet")
     files = [f for f in files if f not in failed_files]
     load = dists.get("model_load_ms")
+    if counted:  # no metrics: the rows are those of the files the run wrote
+        counters.update(rows_scored=_rows(files), rows_failed=_rows(failed_files))
+        counters["rows_in"] = counters["rows_scored"] + counters["rows_failed"]
     rows_in = counters.get("rows_in", 0)
     return {
         "model": transform.model,
@@ -219,7 +226,21 @@ def summarize(result, transform, seconds: float) -> dict[str, Any]:
         "batches": counters.get("batches", 0),
         "batch_latency_ms_p50": _rounded(latency.quantile(counters, 0.50, **bounds)),
         "batch_latency_ms_p95": _rounded(latency.quantile(counters, 0.95, **bounds)),
+        **({"counts": COUNTED} if counted else {}),
     }
+
+
+COUNTED = "counts from the written files: the runner reports no metrics"
+
+
+def _rows(paths: list[str]) -> int:
+    from beam_v1.io.parquet_read import reading_parquet
+
+    total = 0
+    for path in paths:
+        with reading_parquet(path) as parquet:
+            total += parquet.metadata.num_rows
+    return total
 
 
 def _rounded(value: float | None) -> float | None:
@@ -240,7 +261,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         return "-" if v is None else (f"{v:,}" if isinstance(v, int) else str(v))
 
     lines = [
-        f"rows in      {fmt(summary['rows_in'])}",
+        f"rows in      {fmt(summary['rows_in'])}"
+        + (f"  ({summary['counts']})" if "counts" in summary else ""),
         f"rows scored  {fmt(summary['rows_scored'])}",
         f"rows failed  {fmt(summary['rows_failed'])}"
         + (
