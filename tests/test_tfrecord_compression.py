@@ -14,6 +14,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import builders
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -21,7 +22,6 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import builders
 from beam_v1 import tfrecord
 from beam_v1.errors import BeamV1Error
 
