@@ -214,9 +214,11 @@ def test_score_command_reads_zlib_input_like_a_session_run(tmp_path):
         assert got[tuple(np.float32(z).tolist())] == np.float32(y)
 
 
-def test_score_api_explicit_zlib_and_flag_check(tmp_path):
-    """The API's `compression='zlib'` (as tf.data's compression_type) scores the same ZLIB
-    file; `--compression` with Parquet input is refused, naming why."""
+def test_explicit_compression_flag_and_api(tmp_path, capsys):
+    """`--compression zlib` (as tf.data's compression_type) scores a ZLIB file like the
+    session; `--compression gzip` on it fails naming both compressions; the API's
+    `compression=` refuses Parquet input, naming why."""
+    from beam_v1.cli import main
     from beam_v1.score_cli import score
 
     model = build_parse_model(str(tmp_path / "model"))
@@ -224,14 +226,16 @@ def test_score_api_explicit_zlib_and_flag_check(tmp_path):
         "x": tf.train.Feature(float_list=tf.train.FloatList(value=[i, 1.0, -2.5]))}))
         .SerializeToString() for i in range(7)]
     path = write_tf(tmp_path / "in.tfrecord", payloads, "ZLIB")
-    summary = score(model, path, str(tmp_path / "out"), input_format="tfrecord",
-                    compression="zlib", progress=False)
-    assert summary["rows_in"] == summary["rows_scored"] == 7, summary
+    common = ["score", "--model", model, "--input", path, "--input-format", "tfrecord", "--quiet"]
+    assert main([*common, "--output", str(tmp_path / "out"), "--compression", "zlib"]) == 0
     out = pq.read_table(sorted(str(p) for p in tmp_path.glob("out-0*.parquet")))
     truth = session_run(model, payloads)
     assert sorted(out.column("y").to_pylist()) == sorted(truth["y"].tolist())
+    assert main([*common, "--output", str(tmp_path / "o2"), "--compression", "gzip"]) != 0
+    err = capsys.readouterr().err
+    assert "compression 'gzip' was asked for, but the file starts like a 'zlib'" in err
     with pytest.raises(BeamV1Error, match="--compression applies to --input-format tfrecord"):
-        score(model, path, str(tmp_path / "o2"), compression="zlib", progress=False)
+        score(model, path, str(tmp_path / "o3"), compression="zlib", progress=False)
 
 
 def test_zlib_is_what_tensorflow_writes(tmp_path):
