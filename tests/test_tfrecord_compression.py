@@ -21,6 +21,7 @@ import pytest
 import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_output_readers import assert_readers_agree
 
 from beam_v1 import tfrecord
 from beam_v1.errors import BeamV1Error
@@ -176,9 +177,10 @@ def session_run(model: str, serialized: list[bytes]) -> dict[str, np.ndarray]:
 
 
 def test_score_command_reads_zlib_input_like_a_session_run(tmp_path):
-    """`python -m beam_v1 score --input-format tfrecord` on two ZLIB files (one named .zlib,
-    one with no hint in its name) and a GZIP one: every record scored, values equal to the
-    session run on the same serialized examples."""
+    """`python -m beam_v1 score --input-format tfrecord --decode-features` on two ZLIB files
+    (one named .zlib, one with no hint in its name) and a GZIP one: every record scored,
+    values equal to the session run on the same serialized examples; the decoded features
+    are the records' own, and DuckDB and Polars read the output as pyarrow does."""
     model = build_parse_model(str(tmp_path / "model"))
     rng = np.random.default_rng(1)
     payloads = []
@@ -198,12 +200,18 @@ def test_score_command_reads_zlib_input_like_a_session_run(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "beam_v1", "score", "--model", model, "--input",
          str(data / "part-*"), "--input-format", "tfrecord", "--output", str(tmp_path / "out"),
-         "--quiet"],
+         "--decode-features", "--quiet"],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    out = pq.read_table(sorted(str(p) for p in tmp_path.glob("out-0*.parquet")))
+    out = assert_readers_agree(sorted(str(p) for p in tmp_path.glob("out-0*.parquet")))
     assert out.num_rows == 30
+    decoded = {tuple(x): k for x, k in zip(out.column("x").to_pylist(),
+                                           out.column("k").to_pylist())}
+    for record in payloads:
+        example = tf.train.Example.FromString(record).features.feature
+        x = tuple(np.float32(example["x"].float_list.value).tolist())
+        assert decoded[x] == (list(example["k"].int64_list.value) if "k" in example else None)
     assert not list(tmp_path.glob("out-failed-0*.parquet")) or pq.read_table(
         sorted(str(p) for p in tmp_path.glob("out-failed-0*.parquet"))).num_rows == 0
     truth = session_run(model, payloads)
