@@ -64,8 +64,9 @@ def _open_records(path: str, compression: str):
         if compression == "auto":
             if found is None:
                 raise BeamV1Error(
-                    f"{path}: not a TFRecord file: its first bytes are neither a record header "
-                    "nor a GZIP or ZLIB stream (compression='auto' detects those three)")
+                    f"{path}: not a TFRecord file, or its first record is damaged: its first "
+                    "bytes are neither a record header whose length checksum holds nor the "
+                    "start of a GZIP or ZLIB stream (compression='auto' detects those three)")
             compression = found
         elif found is not None and found != compression:
             raise BeamV1Error(f"{path}: compression {compression!r} was asked for, but the file "

@@ -124,8 +124,15 @@ def test_an_explicit_compression_the_file_contradicts_is_named(tmp_path, written
 def test_not_a_tfrecord_file_and_unknown_compression_are_named(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_bytes(b"hello, this is text and no TFRecord")
-    with pytest.raises(BeamV1Error, match="notes.txt: not a TFRecord file"):
+    with pytest.raises(BeamV1Error, match="notes.txt: not a TFRecord file, or its first"):
         list(tfrecord.read_records(str(path)))
+    damaged = bytearray(Path(write_tf(tmp_path / "f", [b"abc"], "")).read_bytes())
+    damaged[9] ^= 1  # the first length checksum
+    (tmp_path / "f").write_bytes(bytes(damaged))
+    with pytest.raises(BeamV1Error, match="its first record is damaged"):
+        list(tfrecord.read_records(str(tmp_path / "f")))
+    with pytest.raises(BeamV1Error, match="record 0 at byte 0: corrupt TFRecord: the length"):
+        list(tfrecord.read_records(str(tmp_path / "f"), "none"))
     with pytest.raises(BeamV1Error, match=r"compression 'snappy': use one of"):
         tfrecord.compression_name("snappy")
 
