@@ -1,5 +1,5 @@
 """TFRecord input against TensorFlow: files written by `tf.io.TFRecordWriter` (uncompressed,
-GZIP, ZLIB) read by `beam_v1.tfrecord.read_records` give exactly the records
+GZIP, ZLIB) read by `beam_v1.io.tfrecord.read_records` give exactly the records
 `tf.data.TFRecordDataset(path, compression_type=...)` yields, and a ZLIB file scored by
 `python -m beam_v1 score --input-format tfrecord` equals a direct session run.
 
@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_output_readers import assert_readers_agree
 
-from beam_v1 import tfrecord
 from beam_v1.errors import BeamV1Error
+from beam_v1.io import tfrecord
 
 v1 = tf.compat.v1
 EXAMPLES = int(os.environ.get("BEAM_V1_FUZZ_EXAMPLES", "25"))
@@ -233,8 +233,8 @@ def test_explicit_compression_flag_and_api(tmp_path, capsys):
     """`--compression zlib` (as tf.data's compression_type) scores a ZLIB file like the
     session; `--compression gzip` on it fails naming both compressions; the API's
     `compression=` refuses Parquet input, naming why."""
-    from beam_v1.cli import main
-    from beam_v1.score_cli import score
+    from beam_v1.cli.main import main
+    from beam_v1.cli.score import score
 
     model = build_parse_model(str(tmp_path / "model"))
     payloads = [tf.train.Example(features=tf.train.Features(feature={
