@@ -80,7 +80,14 @@ def add_score_flags(parser: argparse.ArgumentParser) -> None:
         "--input-format",
         choices=("parquet", "tfrecord"),
         default="parquet",
-        help="tfrecord: files of serialized tf.Example (gzip from a .gz extension)",
+        help="tfrecord: files of serialized tf.Example (see --compression)",
+    )
+    parser.add_argument(
+        "--compression",
+        choices=("auto", "none", "gzip", "zlib"),
+        default="auto",
+        help="with --input-format tfrecord: as tf.data.TFRecordDataset's compression_type; "
+        "auto tells none, GZIP or ZLIB from each file's first bytes",
     )
     parser.add_argument(
         "--decode-features",
@@ -108,6 +115,10 @@ def score(
     started = time.perf_counter()
     input_format = kwargs.pop("input_format", "parquet")
     decode_features = kwargs.pop("decode_features", False)
+    compression = kwargs.pop("compression", "auto")
+    if input_format != "tfrecord" and compression != "auto":
+        raise BeamV1Error("--compression applies to --input-format tfrecord (Parquet files "
+                          "carry their own codec).")
     if input_format == "tfrecord":  # serialized tf.Examples (beam_v1.io.tfrecord)
         from beam_v1.io.tfrecord import ScoreTFRecord
 
@@ -115,6 +126,7 @@ def score(
 
         transform = ScoreTFRecord(
             model, input_pattern, output_prefix, decode_features=decode_features,
+            compression=compression,
             progress_seconds=PROGRESS_SECONDS if progress else None, **kwargs,
         )
     else:
@@ -307,6 +319,7 @@ def run_score(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
         example_feed=args.example_feed,
         input_format=args.input_format,
         decode_features=args.decode_features,
+        compression=args.compression,
     )
     print(format_summary(summary))
     print(f"summary      {args.output}-summary.json", file=sys.stdout)

@@ -2,39 +2,110 @@
 
 from __future__ import annotations
 
-import gzip
 import struct
+import zlib
 from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+from apache_beam.io.filesystem import CompressedFile, CompressionTypes
 
 from beam_v1.errors import BeamV1Error
 from beam_v1.io import files
 from beam_v1.io.checksums import masked_crc32c
 
-
-def is_gzip(path: str, compression: str | None = None) -> bool:
-    """Compression from the flag ('gzip' | 'none' | None = detect from the extension)."""
-    if compression is not None:
-        return compression.lower() in ("gzip", "gz")
-    return path.endswith((".gz", ".gzip"))
+COMPRESSIONS = ("auto", "none", "gzip", "zlib")
+_ALIASES = {"": "none", "uncompressed": "none", "gz": "gzip"}
+_BEAM_TYPES = {"gzip": CompressionTypes.GZIP, "zlib": CompressionTypes.DEFLATE}
+_READ_SIZE = 1 << 16  # compressed bytes per inflate step: bounds what one step can expand to
 
 
-def read_records(path: str, compression: str | None = None) -> Iterator[bytes]:
+def compression_name(compression: str | None) -> str:
+    """'auto' | 'none' | 'gzip' | 'zlib' from a flag: TensorFlow's names ('', 'GZIP', 'ZLIB')
+    and None (= 'auto') are accepted, in any case."""
+    name = "auto" if compression is None else compression.strip().lower()
+    name = _ALIASES.get(name, name)
+    if name not in COMPRESSIONS:
+        raise BeamV1Error(f"TFRecord compression {compression!r}: use one of {list(COMPRESSIONS)} "
+                          "(or TensorFlow's '', 'GZIP', 'ZLIB').")
+    return name
+
+
+def sniff_compression(head: bytes) -> str | None:
+    """The compression a TFRecord file's first bytes show: 'none' when they are a record
+    header whose length checksum holds (or the file is empty), 'gzip' for gzip's magic number,
+    'zlib' for a zlib stream header (RFC 1950: deflate, header checksum a multiple of 31);
+    None when they are none of these."""
+    if not head or (
+        len(head) >= 12 and masked_crc32c(head[:8]) == struct.unpack("<I", head[8:12])[0]
+    ):
+        return "none"
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if len(head) >= 2 and head[0] & 0x0F == 8 and head[0] >> 4 <= 7 and (
+        (head[0] << 8 | head[1]) % 31 == 0
+    ):
+        return "zlib"
+    return None
+
+
+def _open_records(path: str, compression: str):
+    """(the file's decompressed byte stream, the compression read)."""
+    raw = files.open_input(path)
+    try:
+        head = raw.read(12)
+        if raw.seekable():
+            raw.seek(0)
+        else:
+            raw.close()
+            raw = files.open_input(path)
+        found = sniff_compression(head)
+        if compression == "auto":
+            if found is None:
+                raise BeamV1Error(
+                    f"{path}: not a TFRecord file, or its first record is damaged: its first "
+                    "bytes are neither a record header whose length checksum holds nor the "
+                    "start of a GZIP or ZLIB stream (compression='auto' detects those three)")
+            compression = found
+        elif found is not None and found != compression:
+            raise BeamV1Error(f"{path}: compression {compression!r} was asked for, but the file "
+                              f"starts like a {found!r} TFRecord file")
+        if compression == "none":
+            return raw, compression
+        return CompressedFile(raw, _BEAM_TYPES[compression], read_size=_READ_SIZE), compression
+    except BaseException:
+        raw.close()
+        raise
+
+
+def _read(stream, size: int, path: str, compression: str) -> bytes:
+    try:
+        return stream.read(size)
+    except (zlib.error, EOFError) as e:
+        raise BeamV1Error(f"{path}: corrupt {compression.upper()} stream: {e}") from e
+
+
+def read_records(path: str, compression: str | None = "auto") -> Iterator[bytes]:
     """The records of one TFRecord file (length, masked crc, data, masked crc framing). Both
     checksums are verified, as TensorFlow's reader does; a truncated or corrupt file is an
-    error naming the record and its offset."""
-    with files.open_input(path) as raw:
-        stream = gzip.GzipFile(fileobj=raw) if is_gzip(path, compression) else raw
+    error naming the record and its offset (in the decompressed stream).
+
+    `compression`: 'none', 'gzip' or 'zlib' as TensorFlow's `compression_type` ('', 'GZIP',
+    'ZLIB') or 'auto' (default): told from the file's first bytes, whatever its name (a
+    record header, gzip's magic number, or a zlib header). A file whose first bytes
+    contradict an explicit compression is an error naming both."""
+    stream, compression = _open_records(path, compression_name(compression))
+    with stream:
         offset = 0
         index = 0
         while True:
-            header = stream.read(12)
+            header = _read(stream, 12, path, compression)
             if not header:
                 return
             where = f"{path}: record {index} at byte {offset}"
+            if compression != "none":
+                where += f" of its {compression.upper()}-decompressed stream"
             if len(header) < 12:
                 raise BeamV1Error(f"{where}: truncated TFRecord header")
             (length_crc,) = struct.unpack("<I", header[8:])
@@ -42,7 +113,7 @@ def read_records(path: str, compression: str | None = None) -> Iterator[bytes]:
                 raise BeamV1Error(f"{where}: corrupt TFRecord: the length's checksum does "
                                   "not match, so the file cannot be read on from here")
             (length,) = struct.unpack("<Q", header[:8])
-            data = stream.read(length + 4)
+            data = _read(stream, length + 4, path, compression)
             if len(data) < length + 4:
                 raise BeamV1Error(f"{where}: truncated TFRecord ({length} bytes announced)")
             record = data[:length]
@@ -126,8 +197,10 @@ class ScoreTFRecord(beam.PTransform):
 
     The serialized examples feed the signature's string input as they are (the graph parses
     them); with `decode_features=True` the examples' features are also written, decoded, as
-    kept columns (one list column per feature of the signature's spec). Compression: from the
-    file extension (.gz -> gzip), or `compression='gzip'|'none'`.
+    kept columns (one list column per feature of the signature's spec). `compression`: 'auto'
+    (default: each file's first bytes tell uncompressed, GZIP or ZLIB, whatever its name), or
+    'none' | 'gzip' | 'zlib' (TensorFlow's '', 'GZIP', 'ZLIB') as `tf.data.TFRecordDataset`'s
+    `compression_type`; see `read_records`.
     """
 
     def __init__(
@@ -141,7 +214,7 @@ class ScoreTFRecord(beam.PTransform):
         tags=None,
         outputs=None,
         decode_features: bool = False,
-        compression: str | None = None,
+        compression: str | None = "auto",
         batch_size: int = 65536,
         max_batch_bytes: int | None = None,
         num_shards: int = 0,
@@ -163,7 +236,7 @@ class ScoreTFRecord(beam.PTransform):
         self.batch_size = batch_size
         self.max_batch_bytes = max_batch_bytes
         self.num_shards = num_shards
-        self.compression = compression
+        self.compression = compression_name(compression)
         self.load_options = load_options
         self.progress_seconds = progress_seconds
         self.codec = codec
