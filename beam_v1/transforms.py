@@ -12,7 +12,7 @@ from apache_beam.utils import shared
 
 from beam_v1 import dofn, preflight
 from beam_v1.dofn import FAILED, SCORED, ScoringConfig
-from beam_v1.parquet_read import ReadParquetRowGroups
+from beam_v1.parquet_read import DRIFTED, ReadParquetRowGroups
 from beam_v1.parquet_write import WriteParquetTables
 
 DEFAULT_BATCH_SIZE = 65536
@@ -154,6 +154,12 @@ class ScoreParquet(beam.PTransform):
     `DEAD_LETTER_PREFIX-SSSSS-of-NNNNN.parquet` (default `PREFIX-failed`). All checks
     that need no worker (model, tags, signature, outputs, the first file's schema) run
     when the transform is applied, so a bad argument fails before the pipeline starts.
+
+    The first file's schema is the run's: a later file's columns are cast to it where that
+    is safe, and the rows of a file that cannot be (a column that cannot feed its input, a
+    fed column missing) go to the dead letter with the reason (`schema_drift`). With
+    `strict_schema=True` every file's footer is checked now instead, and such a file
+    fails the transform before the pipeline starts.
     """
 
     def __init__(
@@ -174,6 +180,7 @@ class ScoreParquet(beam.PTransform):
         codec: str = "snappy",
         progress_seconds: float | None = None,
         example_feed: str = "auto",
+        strict_schema: bool = False,
         **load_options: Any,
     ):
         super().__init__()
@@ -196,14 +203,17 @@ class ScoreParquet(beam.PTransform):
         self.progress_seconds = progress_seconds
         self.load_options = load_options
         self.checked = preflight.check_scoring(
-            self.model, input_pattern, load_options=load_options, **self.options
+            self.model, input_pattern, load_options=load_options, strict_schema=strict_schema,
+            **self.options,
         )
 
     def expand(self, pbegin):
         checked = self.checked
+        read = pbegin | "Read" >> ReadParquetRowGroups(
+            self.input_pattern, schemas=checked.file_schemas
+        )
         scored = (
-            pbegin
-            | "Read" >> ReadParquetRowGroups(self.input_pattern)
+            read.tables
             | "Infer"
             >> RunV1Inference(
                 self.model,
@@ -224,6 +234,7 @@ class ScoreParquet(beam.PTransform):
             dead_letter_prefix=self.dead_letter_prefix,
             codec=self.codec,
             num_shards=self.num_shards,
+            drifted=read[DRIFTED],
         )
 
 
@@ -235,9 +246,11 @@ def write_outputs(
     dead_letter_prefix: str,
     codec: str,
     num_shards: int,
+    drifted=None,
 ) -> dict:
     """RunV1Inference's outputs -> scored and dead-letter Parquet files, with the schemas
-    the checks before the run found."""
+    the checks before the run found. `drifted`: more dead-letter tables (rows of input files
+    whose schema drifted), written with the failed rows."""
     output_schema, failed_schema = checked.output_schema, checked.failed_schema
     # every file's tables must match the one schema each sink writes (the first file's):
     # a later file may order its columns differently or use a narrower type
@@ -245,7 +258,10 @@ def write_outputs(
         output_prefix, output_schema, codec=codec, num_shards=num_shards,
         conform=functools.partial(conform, schema=output_schema, what="scored"),
     )
-    failed = scored[FAILED] | "WriteFailed" >> WriteParquetTables(
+    failed_tables = scored[FAILED]
+    if drifted is not None:
+        failed_tables = (failed_tables, drifted) | "AllFailed" >> beam.Flatten()
+    failed = failed_tables | "WriteFailed" >> WriteParquetTables(
         dead_letter_prefix, failed_schema, codec=codec,
         conform=functools.partial(conform, schema=failed_schema, what="dead-letter"),
     )
