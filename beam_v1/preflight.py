@@ -89,12 +89,10 @@ def check_scoring(
     keep_columns: Sequence[str] | None = None,
     column_map: Mapping[str, str] | None = None,
     load_options: Mapping | None = None,
-    strict_schema: bool = False,
 ) -> Checked:
     """Run every check that needs no worker; raise a BeamV1Error naming what is available.
 
-    The input's schema is the first file's. With `strict_schema` every other file's footer
-    is read too, and a file whose schema does not cast to the first's fails the check.
+    The input's schema is the first file's; `check_every_file` holds the others to it.
     """
     load_options = dict(load_options or {})
     local, sig, required = check_model(model, tags, signature, load_options)
@@ -118,9 +116,6 @@ def check_scoring(
         required_inputs=required, output_shapes=output_shapes, **plan_kwargs
     )
     failed = columns.failed_schema(schema)
-    file_schemas = FileSchemas.from_plan(schema, failed, plan)
-    if strict_schema:
-        check_every_file(files, file_schemas)
     return Checked(
         model_dir=local,
         signature=sig,
@@ -130,7 +125,7 @@ def check_scoring(
         failed_schema=failed,
         input_files=files,
         output_shapes=output_shapes,
-        file_schemas=file_schemas,
+        file_schemas=FileSchemas.from_plan(schema, failed, plan),
     )
 
 

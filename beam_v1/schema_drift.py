@@ -150,9 +150,12 @@ def same_kind(source: pa.DataType, target: pa.DataType) -> bool:
 
 
 def cast_checked(column: pa.ChunkedArray | pa.Array, target: pa.DataType):
-    """Arrow's safe cast, which also refuses a float narrowed to infinity."""
-    out = column.cast(target)  # safe: overflow and truncation to int raise
+    """Arrow's safe cast (an int that overflows, a float with a fraction to int: refused),
+    which also refuses a float narrowed to infinity. An int to a float rounds, as numpy's
+    same_kind cast (and so `columns.to_feeds`) does."""
     src, dst = _leaf(column.type), _leaf(target)
+    rounds = pa.types.is_floating(dst) and (pa.types.is_integer(src) or pa.types.is_boolean(src))
+    out = column.cast(target, safe=not rounds)
     if (
         pa.types.is_floating(src)
         and pa.types.is_floating(dst)

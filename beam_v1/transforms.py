@@ -203,9 +203,10 @@ class ScoreParquet(beam.PTransform):
         self.progress_seconds = progress_seconds
         self.load_options = load_options
         self.checked = preflight.check_scoring(
-            self.model, input_pattern, load_options=load_options, strict_schema=strict_schema,
-            **self.options,
+            self.model, input_pattern, load_options=load_options, **self.options
         )
+        if strict_schema:
+            preflight.check_every_file(self.checked.input_files, self.checked.file_schemas)
 
     def expand(self, pbegin):
         checked = self.checked

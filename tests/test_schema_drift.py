@@ -223,3 +223,142 @@ def test_drifted_file_multi_processing(model, tmp_path):
     check_scored(model, scored, tables, [0, 2])
     check_dead_letter(failed, tables, [1], folder, ["'b'", "double", "int64"])
     check_dead_letter(failed, tables, [3], folder, ["no column 'b'"])
+
+
+# ------------------------------------------------- the per-file rule, property-tested
+
+FUZZ_EXAMPLES = int(os.environ.get("BEAM_V1_FUZZ_EXAMPLES", "60"))
+DRIFT_TYPES = [
+    pa.int8(), pa.int32(), pa.int64(), pa.uint16(), pa.float32(), pa.float64(), pa.bool_(),
+    pa.string(), pa.binary(), pa.list_(pa.float32()), pa.list_(pa.int64()),
+]
+
+
+def _values(t: pa.DataType):
+    from hypothesis import strategies as st
+
+    if pa.types.is_list(t):
+        return st.lists(_values(t.value_type).filter(lambda v: v is not None), max_size=3)
+    if pa.types.is_boolean(t):
+        return st.booleans()
+    if pa.types.is_integer(t):
+        info = np.iinfo(np.dtype(str(t)))
+        return st.integers(int(info.min), int(info.max))
+    if pa.types.is_floating(t):
+        return st.floats(width=t.bit_width, allow_nan=False) | st.integers(-9, 9).map(float)
+    if pa.types.is_string(t):
+        return st.text(max_size=3)
+    return st.binary(max_size=3)
+
+
+def _fits(value, source: pa.DataType, target: pa.DataType) -> bool:
+    """Whether `value` of `source` is exactly representable in `target` (Python's view)."""
+    if value is None:
+        return True
+    if pa.types.is_list(target):
+        return all(_fits(v, source.value_type, target.value_type) for v in value)
+    if pa.types.is_integer(target):
+        info = np.iinfo(np.dtype(str(target)))
+        return float(value).is_integer() and info.min <= value <= info.max
+    if pa.types.is_floating(target) and target.bit_width == 32:
+        return not np.isfinite(value) or abs(value) <= np.finfo(np.float32).max
+    if pa.types.is_string(target) and isinstance(value, bytes):
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return True
+
+
+def _kind(t: pa.DataType):
+    """Oracle for the same_kind rule: numpy's can_cast on numbers, text with text, lists by leaf."""
+    depth = 0
+    while pa.types.is_list(t):
+        t, depth = t.value_type, depth + 1
+    if pa.types.is_string(t) or pa.types.is_binary(t):
+        return depth, "text"
+    return depth, np.dtype("bool" if pa.types.is_boolean(t) else str(t))
+
+
+def _same_kind_oracle(source: pa.DataType, target: pa.DataType) -> bool:
+    (d1, k1), (d2, k2) = _kind(source), _kind(target)
+    if d1 != d2 or (k1 == "text") != (k2 == "text"):
+        return False
+    return k1 == "text" or bool(np.can_cast(k1, k2, "same_kind"))
+
+
+def test_file_schema_rule_loses_no_row():
+    """For random first-file schemas, later files (types changed, columns missing, extra,
+    reordered) and values: a file has problems exactly when a fed column is missing or a
+    column breaks numpy's same_kind rule; otherwise each table casts to the first file's
+    schema with its values unchanged, or fails naming a value that Python agrees does not
+    fit; and any table becomes dead-letter rows, one per row, with the reason."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from beam_v1.columns import failed_schema
+    from beam_v1.schema_drift import FileSchemas
+
+    names = ["c0", "c1", "c2"]
+
+    @st.composite
+    def cases(draw):
+        ref = pa.schema([(n, draw(st.sampled_from(DRIFT_TYPES))) for n in names])
+        fed = draw(st.sets(st.sampled_from(names)))
+        later = []
+        for n in names:
+            how = draw(st.sampled_from(["same", "other", "missing"]))
+            if how != "missing":
+                later.append((n, ref.field(n).type if how == "same" else draw(
+                    st.sampled_from(DRIFT_TYPES))))
+        if draw(st.booleans()):
+            later.append(("extra", pa.int8()))
+        later = draw(st.permutations(later))
+        rows = draw(st.integers(0, 5))
+        data = {
+            n: draw(st.lists(st.none() | _values(t), min_size=rows, max_size=rows))
+            for n, t in later
+        }
+        table = pa.table({n: pa.array(data[n], t) for n, t in later})
+        return ref, fed, table, table.num_rows  # a table of no column has no row
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None)
+    @given(cases())
+    def check(case):
+        ref, fed, table, rows = case
+        schemas = FileSchemas(ref, failed_schema(ref), tuple((c, f"input {c!r}") for c in fed))
+        problems = schemas.problems(table.schema)
+        expect_problem = any(
+            (n not in table.column_names and n in fed)
+            or (n in table.column_names and not _same_kind_oracle(table.schema.field(n).type, t))
+            for n, t in zip(ref.names, ref.types)
+        )
+        assert bool(problems) == expect_problem, (ref, table.schema, problems)
+        dead = schemas.dead_letter(table, "why")
+        assert dead.schema == failed_schema(ref) and dead.num_rows == rows
+        assert all(e.startswith("why") for e in dead["error"].to_pylist())
+        if problems:
+            return
+        fits = all(
+            _fits(v, table.schema.field(n).type, t)
+            for n, t in zip(ref.names, ref.types) if n in table.column_names
+            for v in table[n].to_pylist()
+        )
+        try:
+            out = schemas.conform(table)
+        except pa.ArrowInvalid:
+            assert not fits, table
+            return
+        assert fits, table
+        assert out.schema == ref and out.num_rows == rows
+        for n, t in zip(ref.names, ref.types):
+            got = out[n].to_pylist()
+            if n not in table.column_names:
+                assert got == [None] * rows
+            elif t == table.schema.field(n).type:
+                assert got == table[n].to_pylist()
+            else:  # compare in the target's Python type
+                assert got == pa.array(table[n].to_pylist(), table.schema.field(n).type).cast(
+                    t, safe=False).to_pylist()
+
+    check()
