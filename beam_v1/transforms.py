@@ -253,8 +253,8 @@ def write_outputs(
     the checks before the run found. `drifted`: more dead-letter tables (rows of input files
     whose schema drifted), written with the failed rows."""
     output_schema, failed_schema = checked.output_schema, checked.failed_schema
-    # every file's tables must match the one schema each sink writes (the first file's):
-    # a later file may order its columns differently or use a narrower type
+    # every table must match the one schema each sink writes (the first file's); ScoreParquet's
+    # reader has cast each file's tables to it already (schema_drift), other inputs may not
     written = scored[SCORED] | "WriteScored" >> WriteParquetTables(
         output_prefix, output_schema, codec=codec, num_shards=num_shards,
         conform=functools.partial(conform, schema=output_schema, what="scored"),
