@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beam_v1.columns import ERROR_COLUMN, FeedPlan
+from beam_v1.scoring.columns import ERROR_COLUMN, FeedPlan
 
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
 

@@ -24,9 +24,10 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from beam_v1 import ScoreParquet, cli
+from beam_v1 import ScoreParquet
+from beam_v1.cli import main as cli
+from beam_v1.cli.score import score
 from beam_v1.errors import SchemaError
-from beam_v1.score_cli import score
 
 v1 = tf.compat.v1
 ROWS = 30  # per file, in row groups of 10
@@ -298,8 +299,8 @@ def test_file_schema_rule_loses_no_row():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from beam_v1.columns import failed_schema
     from beam_v1.schema_drift import FileSchemas
+    from beam_v1.scoring.columns import failed_schema
 
     names = ["c0", "c1", "c2"]
 

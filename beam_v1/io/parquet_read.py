@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 
-from beam_v1 import files
+from beam_v1.io import files
 from beam_v1.schema_drift import FileSchemas
 
 _log = logging.getLogger(__name__)
