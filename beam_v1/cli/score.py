@@ -77,6 +77,13 @@ def add_score_flags(parser: argparse.ArgumentParser) -> None:
         "directly when provably the same (auto), or always build serialized examples",
     )
     parser.add_argument(
+        "--strict-schema",
+        action="store_true",
+        help="read every input file's footer before the run and refuse the input if a file's "
+        "schema does not cast to the first file's (default: that file's rows go to the dead "
+        "letter with the reason)",
+    )
+    parser.add_argument(
         "--input-format",
         choices=("parquet", "tfrecord"),
         default="parquet",
@@ -123,6 +130,11 @@ def score(
         from beam_v1.io.tfrecord import ScoreTFRecord
 
         kwargs.pop("example_feed", None)  # the records are serialized examples already
+        if kwargs.pop("strict_schema", False):
+            raise BeamV1Error(
+                "--strict-schema applies to Parquet input (every record of a TFRecord file is "
+                "a serialized tf.Example); drop it with --input-format tfrecord."
+            )
 
         transform = ScoreTFRecord(
             model, input_pattern, output_prefix, decode_features=decode_features,
@@ -317,6 +329,7 @@ def run_score(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
         allow_unsafe_ops=args.allow_unsafe_ops,
         rewrites=args.rewrites,
         example_feed=args.example_feed,
+        strict_schema=args.strict_schema,
         input_format=args.input_format,
         decode_features=args.decode_features,
         compression=args.compression,

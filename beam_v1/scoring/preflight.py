@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
@@ -14,6 +15,7 @@ from beam_v1.io import staging
 from beam_v1.io.parquet_read import reading_parquet
 from beam_v1.model import kernels as ops
 from beam_v1.model import metadata as savedmodel
+from beam_v1.schema_drift import FileSchemas
 from beam_v1.scoring import columns
 
 _log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ class Checked:
     failed_schema: pa.Schema
     input_files: list[str]
     output_shapes: dict[str, tuple[int, ...]]
+    file_schemas: FileSchemas | None = None  # how later files are judged against the first
 
 
 def match_files(pattern: str) -> list[str]:
@@ -90,7 +93,10 @@ def check_scoring(
     column_map: Mapping[str, str] | None = None,
     load_options: Mapping | None = None,
 ) -> Checked:
-    """Run every check that needs no worker; raise a BeamV1Error naming what is available."""
+    """Run every check that needs no worker; raise a BeamV1Error naming what is available.
+
+    The input's schema is the first file's; `check_every_file` holds the others to it.
+    """
     load_options = dict(load_options or {})
     local, sig, required = check_model(model, tags, signature, load_options)
     files = match_files(input_pattern)
@@ -112,16 +118,42 @@ def check_scoring(
         sig, examples.plan_schema(schema, spec.input_key) if spec else schema,
         required_inputs=required, output_shapes=output_shapes, **plan_kwargs
     )
+    failed = columns.failed_schema(schema)
     return Checked(
         model_dir=local,
         signature=sig,
         plan=plan,
         input_schema=schema,
         output_schema=plan.output_schema(schema),
-        failed_schema=columns.failed_schema(schema),
+        failed_schema=failed,
         input_files=files,
         output_shapes=output_shapes,
+        file_schemas=FileSchemas.from_plan(schema, failed, plan),
     )
+
+
+def check_every_file(files: Sequence[str], file_schemas: FileSchemas, threads: int = 16) -> None:
+    """Read the footer of each of `files` (the first is the run's schema); raise a SchemaError
+    naming every file whose schema does not cast to the first file's, and why."""
+    with concurrent.futures.ThreadPoolExecutor(min(threads, max(len(files) - 1, 1))) as pool:
+        schemas = list(pool.map(read_schema, files[1:]))
+    offending = [
+        (path, found)
+        for path, found in ((p, file_schemas.problems(s)) for p, s in zip(files[1:], schemas))
+        if found
+    ]
+    if offending:
+        described = "; ".join(f"{path}: {', '.join(found)}" for path, found in offending)
+        raise SchemaError(
+            f"--strict-schema: {len(offending)} of {len(files)} input files do not fit the "
+            f"first input file's schema ({files[0]}: {_describe(file_schemas.schema)}). "
+            f"{described}. Without --strict-schema (API: strict_schema=False) the rows of "
+            "such files go to the dead letter with this reason and the other files are scored."
+        )
+
+
+def _describe(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name} {f.type}" for f in schema)
 
 
 def probe_output_shapes(local, tags, sig, first_file, schema, plan_kwargs, load_options, keys):

@@ -10,7 +10,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.utils import shared
 
-from beam_v1.io.parquet_read import ReadParquetRowGroups
+from beam_v1.io.parquet_read import DRIFTED, ReadParquetRowGroups
 from beam_v1.io.parquet_write import WriteParquetTables
 from beam_v1.scoring import dofn, preflight
 from beam_v1.scoring.dofn import FAILED, SCORED, ScoringConfig
@@ -155,6 +155,12 @@ class ScoreParquet(beam.PTransform):
     `DEAD_LETTER_PREFIX-SSSSS-of-NNNNN.parquet` (default `PREFIX-failed`). All checks
     that need no worker (model, tags, signature, outputs, the first file's schema) run
     when the transform is applied, so a bad argument fails before the pipeline starts.
+
+    The first file's schema is the run's: a later file's columns are cast to it where that
+    is safe, and the rows of a file that cannot be (a column that cannot feed its input, a
+    fed column missing) go to the dead letter with the reason (`schema_drift`). With
+    `strict_schema=True` every file's footer is checked now instead, and such a file
+    fails the transform before the pipeline starts.
     """
 
     def __init__(
@@ -175,6 +181,7 @@ class ScoreParquet(beam.PTransform):
         codec: str = "snappy",
         progress_seconds: float | None = None,
         example_feed: str = "auto",
+        strict_schema: bool = False,
         **load_options: Any,
     ):
         super().__init__()
@@ -199,12 +206,16 @@ class ScoreParquet(beam.PTransform):
         self.checked = preflight.check_scoring(
             self.model, input_pattern, load_options=load_options, **self.options
         )
+        if strict_schema:
+            preflight.check_every_file(self.checked.input_files, self.checked.file_schemas)
 
     def expand(self, pbegin):
         checked = self.checked
+        read = pbegin | "Read" >> ReadParquetRowGroups(
+            self.input_pattern, schemas=checked.file_schemas
+        )
         scored = (
-            pbegin
-            | "Read" >> ReadParquetRowGroups(self.input_pattern)
+            read.tables
             | "Infer"
             >> RunV1Inference(
                 self.model,
@@ -225,6 +236,7 @@ class ScoreParquet(beam.PTransform):
             dead_letter_prefix=self.dead_letter_prefix,
             codec=self.codec,
             num_shards=self.num_shards,
+            drifted=read[DRIFTED],
         )
 
 
@@ -236,17 +248,22 @@ def write_outputs(
     dead_letter_prefix: str,
     codec: str,
     num_shards: int,
+    drifted=None,
 ) -> dict:
     """RunV1Inference's outputs -> scored and dead-letter Parquet files, with the schemas
-    the checks before the run found."""
+    the checks before the run found. `drifted`: more dead-letter tables (rows of input files
+    whose schema drifted), written with the failed rows."""
     output_schema, failed_schema = checked.output_schema, checked.failed_schema
-    # every file's tables must match the one schema each sink writes (the first file's):
-    # a later file may order its columns differently or use a narrower type
+    # every table must match the one schema each sink writes (the first file's); ScoreParquet's
+    # reader has cast each file's tables to it already (schema_drift), other inputs may not
     written = scored[SCORED] | "WriteScored" >> WriteParquetTables(
         output_prefix, output_schema, codec=codec, num_shards=num_shards,
         conform=functools.partial(conform, schema=output_schema, what="scored"),
     )
-    failed = scored[FAILED] | "WriteFailed" >> WriteParquetTables(
+    failed_tables = scored[FAILED]
+    if drifted is not None:
+        failed_tables = (failed_tables, drifted) | "AllFailed" >> beam.Flatten()
+    failed = failed_tables | "WriteFailed" >> WriteParquetTables(
         dead_letter_prefix, failed_schema, codec=codec,
         conform=functools.partial(conform, schema=failed_schema, what="dead-letter"),
     )
