@@ -11,6 +11,10 @@ run's summary must show rows in = rows scored; a sample of output lengths is che
 the input. Generated data is deleted after each size.
 
   python benchmarks/bench_blobs.py --sizes-gb 1.5,6 [--work /tmp/bench-blobs] [--out FILE.json]
+
+`--probe-row-group-mb M` instead measures how much Arrow memory reading one row group of M MB
+takes through `read_row_group`, `iter_batches` over that row group alone, and the dataset
+scanner (each in its own process): whether a big row group can be read in bounded slices.
 """
 
 from __future__ import annotations
@@ -49,8 +53,11 @@ def build_model(path: str) -> None:
             builder.save()
 
 
-def write_data(folder: str, rows: int) -> None:
-    """`rows` values of VALUE_BYTES (each distinct) in files of ROWS_PER_FILE rows."""
+def write_data(
+    folder: str, rows: int, row_group: int = ROW_GROUP, files: int | None = None
+) -> None:
+    """`rows` values of VALUE_BYTES (each distinct) in files of ROWS_PER_FILE rows (or in
+    `files` files), row groups of `row_group` rows."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -58,16 +65,18 @@ def write_data(folder: str, rows: int) -> None:
     os.makedirs(folder)
     base = np.random.default_rng(0).integers(0, 256, VALUE_BYTES, dtype=np.uint8).tobytes()
     schema = pa.schema([("id", pa.int64()), ("blob", pa.binary())])
-    for f, start in enumerate(range(0, rows, ROWS_PER_FILE)):
-        stop = min(rows, start + ROWS_PER_FILE)
+    per_file = -(-rows // files) if files else ROWS_PER_FILE
+    for f, start in enumerate(range(0, rows, per_file)):
+        stop = min(rows, start + per_file)
         with pq.ParquetWriter(
             os.path.join(folder, f"part-{f:05d}.parquet"), schema,
             compression="none", use_dictionary=False,
         ) as writer:
-            for g in range(start, stop, ROW_GROUP):
-                ids = range(g, min(stop, g + ROW_GROUP))
+            for g in range(start, stop, row_group):
+                ids = range(g, min(stop, g + row_group))
                 values = [i.to_bytes(8, "little") + base[8:] for i in ids]
-                writer.write_table(pa.table({"id": list(ids), "blob": values}, schema=schema))
+                table = pa.table({"id": list(ids), "blob": values}, schema=schema)
+                writer.write_table(table, row_group_size=row_group)
 
 
 def measure(cmd: list[str], env: dict) -> dict:
@@ -116,6 +125,43 @@ m = beam_v1.load(sys.argv[1]); m.predict({"blob": [b"x"]}); m.close()
 """
 
 
+PROBE = """
+import sys, pyarrow as pa, pyarrow.dataset as ds, pyarrow.parquet as pq
+path, how = sys.argv[1], sys.argv[2]
+first = None
+if how == "read_row_group":
+    pq.ParquetFile(path).read_row_group(0)
+elif how == "iter_batches":
+    f = pq.ParquetFile(pa.OSFile(path), pre_buffer=False, buffer_size=2**20)
+    for b in f.iter_batches(batch_size=16, row_groups=[0]):
+        first = first or pa.total_allocated_bytes()
+else:
+    opts = ds.ParquetFragmentScanOptions(pre_buffer=False, buffer_size=2**20)
+    fmt = ds.ParquetFileFormat(default_fragment_scan_options=opts)
+    for b in ds.dataset(path, format=fmt).to_batches(
+        batch_size=16, batch_readahead=0, fragment_readahead=0, use_threads=False
+    ):
+        first = first or pa.total_allocated_bytes()
+print(pa.default_memory_pool().max_memory() >> 20, (first or 0) >> 20)
+"""
+
+
+def probe_row_group(work: str, megabytes: int) -> dict:
+    """Arrow pool peak (MB) and bytes allocated after the first batch, per way of reading."""
+    path = os.path.join(work, "one-row-group.parquet")
+    rows = megabytes * 10**6 // VALUE_BYTES
+    write_data(os.path.join(work, "probe"), rows, row_group=rows, files=1)
+    os.rename(os.path.join(work, "probe", "part-00000.parquet"), path)
+    found = {}
+    for how in ("read_row_group", "iter_batches", "dataset"):
+        out = subprocess.run(
+            [sys.executable, "-c", PROBE, path, how], capture_output=True, check=True, text=True
+        ).stdout.split()
+        found[how] = {"pool_peak_mb": int(out[0]), "after_first_batch_mb": int(out[1])}
+        print(how, found[how], flush=True)
+    return found
+
+
 def check_outputs(prefix: str, rows: int) -> None:
     import pyarrow.parquet as pq
 
@@ -132,9 +178,16 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/bench-blobs")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--extra", default="", help="extra flags for `beam_v1 score`")
+    parser.add_argument("--probe-row-group-mb", type=int, default=0)
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     os.makedirs(args.work)
+    if args.probe_row_group_mb:
+        try:
+            probe_row_group(args.work, args.probe_row_group_mb)
+        finally:
+            shutil.rmtree(args.work, ignore_errors=True)
+        return
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     model = os.path.join(args.work, "model")
     build_model(model)
