@@ -120,7 +120,7 @@ def measure(cmd: list[str], env: dict) -> dict:
 
 
 IMPORTS = """
-import sys, tensorflow, apache_beam, pyarrow, pyarrow.parquet, beam_v1, beam_v1.transforms
+import sys, tensorflow, apache_beam, pyarrow, pyarrow.parquet, beam_v1, beam_v1.scoring.transforms
 m = beam_v1.load(sys.argv[1]); m.predict({"blob": [b"x"]}); m.close()
 """
 
