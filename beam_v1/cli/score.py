@@ -58,7 +58,8 @@ def add_score_flags(parser: argparse.ArgumentParser) -> None:
         "--max-batch-bytes",
         type=int,
         default=None,
-        help="also bound a batch by its Arrow bytes (a single larger row runs alone)",
+        help="bound a batch by its Arrow bytes too (default 64 MiB; a single larger row runs "
+        "alone)",
     )
     parser.add_argument(
         "--dead-letter", default=None, help="prefix for failed rows (default: PREFIX-failed)"
@@ -233,6 +234,7 @@ def summarize(result, transform, seconds: float) -> dict[str, Any]:
     if counted:  # no metrics: the rows are those of the files the run wrote
         counters.update(rows_scored=_rows(files), rows_failed=_rows(failed_files))
         counters["rows_in"] = counters["rows_scored"] + counters["rows_failed"]
+    rows, nbytes = dists.get("batch_size"), dists.get("batch_bytes")
     rows_in = counters.get("rows_in", 0)
     return {
         "model": transform.model,
@@ -248,6 +250,8 @@ def summarize(result, transform, seconds: float) -> dict[str, Any]:
         "model_loads": counters.get("model_loads", 0),
         "model_load_seconds": round(load.max / 1000, 3) if load else None,
         "batches": counters.get("batches", 0),
+        "largest_batch_rows": rows.max if rows else 0,
+        "largest_batch_bytes": nbytes.max if nbytes else 0,
         "batch_latency_ms_p50": _rounded(latency.quantile(counters, 0.50, **bounds)),
         "batch_latency_ms_p95": _rounded(latency.quantile(counters, 0.95, **bounds)),
         **({"counts": COUNTED} if counted else {}),
@@ -302,6 +306,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"({summary['model_loads']} load(s), one per worker process)",
         f"batch        p50 {fmt(summary['batch_latency_ms_p50'])} ms, "
         f"p95 {fmt(summary['batch_latency_ms_p95'])} ms over {summary['batches']} batches",
+        f"largest      {fmt(summary['largest_batch_rows'])} rows, "
+        f"{fmt(summary['largest_batch_bytes'])} bytes in one batch",
     ]
     return "\n".join(lines)
 

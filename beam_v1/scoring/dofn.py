@@ -29,6 +29,9 @@ FAILED = "failed"
 # batches scored while the DoFn's thread reads, converts and writes around them: the
 # session and pyarrow both release the GIL, so the three overlap
 IN_FLIGHT = 1
+# a batch's Arrow bytes when no budget is given: wide rows (images, documents) merge into
+# batches of this size, not of batch_size rows; numeric rows of a few KB still fill batch_size
+DEFAULT_MAX_BATCH_BYTES = 64 * 2**20
 
 _log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ class ScoringConfig:
     batch_size: int = 65536
     load_options: tuple[tuple[str, Any], ...] = ()
     output_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
-    max_batch_bytes: int | None = None  # bound on a batch's Arrow bytes (a bigger row: alone)
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES  # a batch's Arrow bytes (a bigger row: alone)
     example_feed: str = "auto"  # tf.Example from columns: auto (direct when exact) | serialize
 
     def cache_key(self) -> str:
@@ -85,9 +88,12 @@ def load_shared_model(config: ScoringConfig):
 class RunV1InferenceDoFn(beam.DoFn):
     """Scores Arrow tables; main output `scored`, tagged output `failed`.
 
-    Each batch is scored on a thread of the DoFn's own while the bundle goes on (at most
-    `IN_FLIGHT` batches ahead); its outputs are emitted from a later `process` call or from
-    `finish_bundle`. Batches merge across elements, so outputs carry the global window.
+    Input tables are merged and split into batches of at most `batch_size` rows and
+    `max_batch_bytes` Arrow bytes (a single larger row is scored alone), so wide rows never
+    pile up into one huge batch. Each batch is scored on a thread of the DoFn's own while the
+    bundle goes on (at most `IN_FLIGHT` batches ahead); its outputs are emitted from a later
+    `process` call or from `finish_bundle`. Batches merge across elements, so outputs carry
+    the global window.
     """
 
     def __init__(
@@ -104,6 +110,7 @@ class RunV1InferenceDoFn(beam.DoFn):
         self._rows_failed = Metrics.counter(NAMESPACE, "rows_failed")
         self._batches = Metrics.counter(NAMESPACE, "batches")
         self._batch_size = Metrics.distribution(NAMESPACE, "batch_size")
+        self._batch_bytes = Metrics.distribution(NAMESPACE, "batch_bytes")
         self._batch_latency = Metrics.distribution(NAMESPACE, "batch_latency_ms")
 
     def setup(self) -> None:
@@ -144,12 +151,10 @@ class RunV1InferenceDoFn(beam.DoFn):
         size = self._config.batch_size
         limit = self._config.max_batch_bytes
         while self._buffered >= size or (
-            limit and self._buffered and sum(t.nbytes for t in self._buffer) > limit
+            self._buffered and sum(t.nbytes for t in self._buffer) > limit
         ):
             merged = self._take_buffer()
-            take = min(size, merged.num_rows)
-            if limit:
-                take = rows_within_bytes(merged, take, limit)
+            take = rows_within_bytes(merged, min(size, merged.num_rows), limit)
             yield from self._flush(merged.slice(0, take))
             if merged.num_rows > take:
                 self._buffer = [merged.slice(take)]
@@ -173,18 +178,20 @@ class RunV1InferenceDoFn(beam.DoFn):
     def _flush(self, batch: pa.Table):
         """Start scoring `batch`; emit the outputs of the batches now more than IN_FLIGHT old."""
         scorer = self._scorer(batch)  # here: it may run the model to learn output shapes
-        self._pending.append((batch.num_rows, self._executor.submit(_timed_score, scorer, batch)))
+        future = self._executor.submit(_timed_score, scorer, batch)
+        self._pending.append((batch.num_rows, batch.nbytes, future))
         while len(self._pending) > IN_FLIGHT:
             yield from self._emit(self._pending.popleft())
 
     def _emit(self, pending):
-        rows, future = pending
+        rows, nbytes, future = pending
         result, latency_ms = future.result()  # metrics are per thread: counted here
         self._rows_in.inc(rows)
         self._rows_scored.inc(result.scored.num_rows)
         self._rows_failed.inc(result.failed.num_rows)
         self._batches.inc()
         self._batch_size.update(rows)
+        self._batch_bytes.update(nbytes)
         self._batch_latency.update(int(latency_ms))
         Metrics.counter(NAMESPACE, latency.bucket_name(latency_ms)).inc()
         self._progress(rows)

@@ -13,7 +13,7 @@ from apache_beam.utils import shared
 from beam_v1.io.parquet_read import DRIFTED, ReadParquetRowGroups
 from beam_v1.io.parquet_write import WriteParquetTables
 from beam_v1.scoring import dofn, preflight
-from beam_v1.scoring.dofn import FAILED, SCORED, ScoringConfig
+from beam_v1.scoring.dofn import DEFAULT_MAX_BATCH_BYTES, FAILED, SCORED, ScoringConfig
 
 DEFAULT_BATCH_SIZE = 65536
 EXAMPLE_FEEDS = ("auto", "serialize")  # tf.Example signatures fed from feature columns
@@ -58,7 +58,8 @@ class RunV1Inference(beam.PTransform):
     `preflight.check_scoring` already found for this model and input, so the model is not
     checked twice. `example_feed` applies to tf.Example signatures fed from feature columns:
     "auto" feeds the parse op's outputs directly where that is exact, "serialize" always
-    builds serialized examples.
+    builds serialized examples. Batches hold at most `batch_size` rows and `max_batch_bytes`
+    Arrow bytes (None: `DEFAULT_MAX_BATCH_BYTES`, 64 MiB); a single larger row runs alone.
     """
 
     def __init__(
@@ -101,7 +102,7 @@ class RunV1Inference(beam.PTransform):
                 {k: tuple(v) if isinstance(v, list) else v for k, v in load_options.items()}
             ),
             output_shapes=dofn.freeze_mapping(output_shapes),
-            max_batch_bytes=max_batch_bytes,
+            max_batch_bytes=max_batch_bytes or DEFAULT_MAX_BATCH_BYTES,
             example_feed=example_feed,
         )
         self._progress_seconds = progress_seconds
