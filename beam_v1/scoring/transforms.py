@@ -120,7 +120,7 @@ class RunV1Inference(beam.PTransform):
             shapes = dict(output_shapes or {})
             for key in columns.unknown_rank_outputs(sig, self.config.outputs):
                 shapes.setdefault(key, (-1,))  # workers learn the rank from their first batch
-            from beam_v1 import savedmodel  # tf.Example fed from feature columns
+            from beam_v1.model import metadata as savedmodel  # tf.Example fed from feature columns
             from beam_v1.model import examples
 
             spec = examples.example_input_without_column(
