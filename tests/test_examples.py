@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import builders
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -376,6 +377,135 @@ def test_score_command_dead_letters_rows_without_a_required_feature(tmp_path):
     assert "'x' is required" in failed.column("error")[0].as_py()
     scored = pq.read_table([str(p) for p in tmp_path.glob("out-0*.parquet")]).sort_by("k")
     np.testing.assert_allclose(np.ravel(scored.column("outputs").to_pylist()), [2.5, 3.5])
+
+
+# ------------------------------------------------- Estimator specs nobody here wrote (issue 14)
+
+
+def build_parse_model(path: str, features: dict, output, *, v1_op: bool = False) -> str:
+    """A string placeholder -> parse (ParseExampleV2 via `tf.compat.v1.io.parse_example`, or the
+    ParseExample op itself with `v1_op`) -> `output(parsed)`, saved with a serving signature."""
+    from tensorflow.python.ops import gen_parsing_ops, parsing_config
+
+    def make():
+        serialized = v1.placeholder(tf.string, [None], name="input_example_tensor")
+        if v1_op:
+            params = parsing_config._ParseOpParams.from_features(
+                features, [parsing_config.FixedLenFeature, parsing_config.VarLenFeature,
+                           parsing_config.FixedLenSequenceFeature])
+            indices, values, shapes, dense = gen_parsing_ops.parse_example(
+                serialized, tf.constant([], tf.string),
+                [tf.constant(k) for k in params.sparse_keys],
+                [tf.constant(k) for k in params.dense_keys],
+                params.dense_defaults_vec, params.sparse_types, params.dense_shapes_as_proto)
+            parsed = dict(zip(params.dense_keys, dense))
+            parsed.update({k: tf.SparseTensor(i, v, s) for k, i, v, s in
+                           zip(params.sparse_keys, indices, values, shapes)})
+        else:
+            parsed = v1.io.parse_example(serialized, features)
+        return {"serving_default": builders.predict({"examples": serialized},
+                                                    output(parsed))}, None
+
+    return builders.build(path, make)
+
+
+def tf_truth(model_path: str, rows: list[dict], signature: str = "serving_default"):
+    """Each row as TensorFlow's own tf.train.Example (None = feature absent), run alone in a
+    plain tf.compat.v1 Session: [({output: value} or None, error text or None)] per row."""
+    graph = tf.Graph()
+    out = []
+    with v1.Session(graph=graph) as sess:
+        meta = v1.saved_model.loader.load(sess, ["serve"], model_path)
+        sig = meta.signature_def[signature]
+        (feed,) = [t.name for t in sig.inputs.values()]
+        fetch = {k: t.name for k, t in sig.outputs.items()}
+        for row in rows:
+            features = {}
+            for key, value in row.items():
+                if value is None:
+                    continue
+                values = value if isinstance(value, list) else [value]
+                if values and isinstance(values[0], (bytes, str)):
+                    kind = dict(bytes_list=tf.train.BytesList(
+                        value=[v if isinstance(v, bytes) else v.encode() for v in values]))
+                elif values and isinstance(values[0], float):
+                    kind = dict(float_list=tf.train.FloatList(value=values))
+                else:
+                    kind = dict(int64_list=tf.train.Int64List(value=values))
+                features[key] = tf.train.Feature(**kind)
+            data = tf.train.Example(features=tf.train.Features(feature=features))
+            try:
+                out.append((sess.run(fetch, {feed: [data.SerializeToString()]}), None))
+            except tf.errors.OpError as e:
+                out.append((None, e.message))
+    return out
+
+
+def score_both_feeds(model_path: str, table: pa.Table, tmp_path: Path) -> dict:
+    """`score` (ScoreParquet on the DirectRunner) on both feed paths:
+    {feed: (scored table sorted by row_id, failed table sorted by row_id)}."""
+    from beam_v1.score_cli import score
+
+    table = table.append_column("row_id", pa.array(range(table.num_rows), pa.int64()))
+    pq.write_table(table, tmp_path / "in.parquet")
+    results = {}
+    for feed in ("auto", "serialize"):
+        summary = score(model_path, str(tmp_path / "in.parquet"), str(tmp_path / feed),
+                        example_feed=feed, progress=False)
+        assert summary["rows_in"] == table.num_rows == (
+            summary["rows_scored"] + summary["rows_failed"]), summary
+        scored = [str(p) for p in sorted(tmp_path.glob(f"{feed}-0*.parquet"))]
+        failed = [str(p) for p in sorted(tmp_path.glob(f"{feed}-failed-*.parquet"))]
+        results[feed] = (pq.read_table(scored).sort_by("row_id"),
+                         pq.read_table(failed).sort_by("row_id") if failed else None)
+    return results
+
+
+def test_required_numeric_features_score_on_both_feeds(tmp_path):
+    """Issue 14, failure 1: FixedLenFeature([], int64) and ([4], float32) with no default (the
+    plain Estimator export) crashed the direct feed (`np.asarray(None, int64)`)."""
+    model = build_parse_model(
+        str(tmp_path / "m"),
+        {"a": v1.io.FixedLenFeature([], tf.int64), "x": v1.io.FixedLenFeature([4], tf.float32)},
+        lambda f: {"y": tf.cast(f["a"], tf.float32) * 10.0 + tf.reduce_sum(f["x"], 1)})
+    rows = [{"a": i if i != 2 else None, "x": [float(i), 0.5, -1.0, 2.0]} for i in range(6)]
+    table = pa.table({"a": pa.array([r["a"] for r in rows], pa.int64()),
+                      "x": pa.array([r["x"] for r in rows], pa.list_(pa.float32()))})
+    truth = tf_truth(model, rows)
+    assert truth[2][0] is None and "a" in truth[2][1]  # TF: required and absent
+    for feed, (scored, failed) in score_both_feeds(model, table, tmp_path).items():
+        assert scored.column("row_id").to_pylist() == [0, 1, 3, 4, 5], feed
+        want = np.array([truth[r][0]["y"][0] for r in (0, 1, 3, 4, 5)])
+        np.testing.assert_array_equal(np.asarray(scored.column("y").to_pylist()), want)
+        assert failed.column("row_id").to_pylist() == [2]
+        assert "'a' is required" in failed.column("error")[0].as_py()
+
+
+@pytest.mark.parametrize("v1_op", [False, True], ids=["ParseExampleV2", "ParseExample"])
+def test_var_len_next_to_dense_scores_on_both_feeds(tmp_path, v1_op):
+    """Issue 14, failure 2: VarLenFeature + dense, where the model reduces the sparse tensor
+    (`sparse_reduce_sum`: an output of unknown rank), was refused before the run: "input
+    'examples' (string [-1]) has no column 'examples'"."""
+    model = build_parse_model(
+        str(tmp_path / "m"),
+        {"ids": v1.io.VarLenFeature(tf.int64),
+         "x": v1.io.FixedLenFeature([2], tf.float32, default_value=[1.0, 2.0])},
+        lambda f: {"y": tf.reduce_sum(f["x"], 1)
+                   + tf.cast(v1.sparse_reduce_sum(f["ids"], 1), tf.float32)},
+        v1_op=v1_op)
+    info = beam_v1.inspect(model)
+    spec = info.example_specs["serving_default"]["examples"]
+    assert spec["features"]["ids"]["kind"] == "sparse"
+    rows = [{"ids": [1, 2], "x": [0.5, 1.5]}, {"ids": None, "x": None}, {"ids": [], "x": None},
+            {"ids": [7, 8, 9], "x": [3.0, 4.0]}]
+    table = pa.table({"ids": pa.array([r["ids"] for r in rows], pa.list_(pa.int64())),
+                      "x": pa.array([r["x"] for r in rows], pa.list_(pa.float32()))})
+    truth = tf_truth(model, rows)
+    want = np.array([t[0]["y"][0] for t in truth])
+    for feed, (scored, failed) in score_both_feeds(model, table, tmp_path).items():
+        assert failed.num_rows == 0, failed.column("error").to_pylist()
+        assert scored.column("row_id").to_pylist() == [0, 1, 2, 3], feed
+        np.testing.assert_array_equal(np.ravel(scored.column("y").to_pylist()), want)
 
 
 # ------------------------------------------------------------------ TFRecord checksums
