@@ -13,12 +13,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import builders
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
+from example_truth import TruthSession, build_parse_model
 
 import beam_v1
 from beam_v1 import examples, savedmodel, tfrecord
@@ -382,63 +382,13 @@ def test_score_command_dead_letters_rows_without_a_required_feature(tmp_path):
 # ------------------------------------------------- Estimator specs nobody here wrote (issue 14)
 
 
-def build_parse_model(path: str, features: dict, output, *, v1_op: bool = False) -> str:
-    """A string placeholder -> parse (ParseExampleV2 via `tf.compat.v1.io.parse_example`, or the
-    ParseExample op itself with `v1_op`) -> `output(parsed)`, saved with a serving signature."""
-    from tensorflow.python.ops import gen_parsing_ops, parsing_config
-
-    def make():
-        serialized = v1.placeholder(tf.string, [None], name="input_example_tensor")
-        if v1_op:
-            params = parsing_config._ParseOpParams.from_features(
-                features, [parsing_config.FixedLenFeature, parsing_config.VarLenFeature,
-                           parsing_config.FixedLenSequenceFeature])
-            indices, values, shapes, dense = gen_parsing_ops.parse_example(
-                serialized, tf.constant([], tf.string),
-                [tf.constant(k) for k in params.sparse_keys],
-                [tf.constant(k) for k in params.dense_keys],
-                params.dense_defaults_vec, params.sparse_types, params.dense_shapes_as_proto)
-            parsed = dict(zip(params.dense_keys, dense))
-            parsed.update({k: tf.SparseTensor(i, v, s) for k, i, v, s in
-                           zip(params.sparse_keys, indices, values, shapes)})
-        else:
-            parsed = v1.io.parse_example(serialized, features)
-        return {"serving_default": builders.predict({"examples": serialized},
-                                                    output(parsed))}, None
-
-    return builders.build(path, make)
-
-
-def tf_truth(model_path: str, rows: list[dict], signature: str = "serving_default"):
-    """Each row as TensorFlow's own tf.train.Example (None = feature absent), run alone in a
-    plain tf.compat.v1 Session: [({output: value} or None, error text or None)] per row."""
-    graph = tf.Graph()
-    out = []
-    with v1.Session(graph=graph) as sess:
-        meta = v1.saved_model.loader.load(sess, ["serve"], model_path)
-        sig = meta.signature_def[signature]
-        (feed,) = [t.name for t in sig.inputs.values()]
-        fetch = {k: t.name for k, t in sig.outputs.items()}
-        for row in rows:
-            features = {}
-            for key, value in row.items():
-                if value is None:
-                    continue
-                values = value if isinstance(value, list) else [value]
-                if values and isinstance(values[0], (bytes, str)):
-                    kind = dict(bytes_list=tf.train.BytesList(
-                        value=[v if isinstance(v, bytes) else v.encode() for v in values]))
-                elif values and isinstance(values[0], float):
-                    kind = dict(float_list=tf.train.FloatList(value=values))
-                else:
-                    kind = dict(int64_list=tf.train.Int64List(value=values))
-                features[key] = tf.train.Feature(**kind)
-            data = tf.train.Example(features=tf.train.Features(feature=features))
-            try:
-                out.append((sess.run(fetch, {feed: [data.SerializeToString()]}), None))
-            except tf.errors.OpError as e:
-                out.append((None, e.message))
-    return out
+def tf_truth(model_path: str, rows: list[dict], dtypes: dict[str, str]):
+    """Each row as TensorFlow's own tf.train.Example run alone in a plain Session."""
+    truth = TruthSession(model_path)
+    try:
+        return truth.rows(rows, dtypes)
+    finally:
+        truth.close()
 
 
 def score_both_feeds(model_path: str, table: pa.Table, tmp_path: Path) -> dict:
@@ -471,7 +421,7 @@ def test_required_numeric_features_score_on_both_feeds(tmp_path):
     rows = [{"a": i if i != 2 else None, "x": [float(i), 0.5, -1.0, 2.0]} for i in range(6)]
     table = pa.table({"a": pa.array([r["a"] for r in rows], pa.int64()),
                       "x": pa.array([r["x"] for r in rows], pa.list_(pa.float32()))})
-    truth = tf_truth(model, rows)
+    truth = tf_truth(model, rows, {"a": "int64", "x": "float32"})
     assert truth[2][0] is None and "a" in truth[2][1]  # TF: required and absent
     for feed, (scored, failed) in score_both_feeds(model, table, tmp_path).items():
         assert scored.column("row_id").to_pylist() == [0, 1, 3, 4, 5], feed
@@ -500,7 +450,7 @@ def test_var_len_next_to_dense_scores_on_both_feeds(tmp_path, v1_op):
             {"ids": [7, 8, 9], "x": [3.0, 4.0]}]
     table = pa.table({"ids": pa.array([r["ids"] for r in rows], pa.list_(pa.int64())),
                       "x": pa.array([r["x"] for r in rows], pa.list_(pa.float32()))})
-    truth = tf_truth(model, rows)
+    truth = tf_truth(model, rows, {"ids": "int64", "x": "float32"})
     want = np.array([t[0]["y"][0] for t in truth])
     for feed, (scored, failed) in score_both_feeds(model, table, tmp_path).items():
         assert failed.num_rows == 0, failed.column("error").to_pylist()
