@@ -1,7 +1,7 @@
 """tf.Example signatures: feature specs from the graph, and feeding them from Arrow columns.
 
 Every comparison is three-way: the direct feed (parse op outputs fed from columns), the
-serialize path (examples built from columns, parsed by the graph), and the TFX-BSL style
+serialize path (examples built from columns, parsed by the graph), and a Python proto loop
 reference (`tf.train.Example` protos built with TensorFlow's own Python API, or the TFRecord's
 original bytes, fed to the signature's string input with `V1Model.predict`).
 """
@@ -110,7 +110,7 @@ def fixture_table(n: int = 200, seed: int = 0) -> pa.Table:
 
 
 def tf_examples(table: pa.Table, spec: examples.ExampleSpec) -> list[bytes]:
-    """TFX-BSL style: a `tf.train.Example` per row with TensorFlow's Python API."""
+    """A Python proto loop: a `tf.train.Example` per row with TensorFlow's Python API."""
     out = []
     for row in table.to_pylist():
         features = {}
