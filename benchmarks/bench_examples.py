@@ -23,7 +23,8 @@ all required; an MLP 100->256->10 on x plus a and b) and a Parquet file of --row
 round runs, as separate processes, `python -m beam_v1 score` on the default feed path and a bare
 loop (`--proto-loop`: pyarrow batches -> a `tf.train.Example` per row in Python -> the session
 of a plain tf.compat.v1 loader -> the outputs written to Parquet). Wall seconds per process,
-imports and start-up included; outputs checked equal; the ratio is bare loop / beam-v1.
+imports and start-up included, and CPU seconds (user + system of the process and its children);
+outputs checked equal; the ratios are bare loop / beam-v1.
 
 Models: the Estimator-style fixture of tests/test_examples.py (numeric with/without default,
 bucketized, vocabulary file -> indicator, var-len int ids -> indicator, a [2] numeric) on
@@ -159,12 +160,14 @@ def run_proto_loop(model: str, input_path: str, output: str, batch: int = 65536)
 
 
 def run_processes(rows: int, rounds: int, results: str) -> int:
+    import resource
     import statistics
     import subprocess
 
     import numpy as np
     import pyarrow.parquet as pq
 
+    load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(HERE.parent)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,28 +182,40 @@ def run_processes(rows: int, rounds: int, results: str) -> int:
                            model, data, os.path.join(tmp, "loop.parquet")],
         }
         times: dict[str, list[float]] = {k: [] for k in commands}
+        cpu: dict[str, list[float]] = {k: [] for k in commands}
         for _ in range(rounds):  # interleaved: A B A B ...
             for name, cmd in commands.items():
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 started = time.perf_counter()
                 subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
                 times[name].append(time.perf_counter() - started)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu[name].append(after.ru_utime + after.ru_stime
+                                 - before.ru_utime - before.ru_stime)
         (scored,) = Path(tmp).glob("scored-0*.parquet")
         ours = np.asarray(pq.read_table(scored).column("scores").to_pylist(), np.float32)
         loop = np.asarray(pq.read_table(os.path.join(tmp, "loop.parquet"))
                           .column("scores").to_pylist(), np.float32)
         assert ours.shape == loop.shape == (rows, 10), (ours.shape, loop.shape)
         np.testing.assert_allclose(ours, loop, rtol=1e-5, atol=1e-5)  # batch splits differ
-    ratios = [b / a for a, b in zip(times["beam-v1 score"], times["proto loop"])]
+    a_name, b_name = "beam-v1 score", "proto loop"
+    ratios = [b / a for a, b in zip(times[a_name], times[b_name])]
+    cpu_ratios = [b / a for a, b in zip(cpu[a_name], cpu[b_name])]
     lines = [
         f"`python benchmarks/bench_examples.py --processes --rows {rows} --rounds {rounds}` on "
-        f"{os.cpu_count()} CPU(s). Model: parse_example of {FEATURES_DOC}, MLP 100->256->10.",
+        f"{os.cpu_count()} CPU(s), load average {load:.1f} at the start. Model: parse_example "
+        f"of {FEATURES_DOC}, MLP 100->256->10.",
         "",
-        "| round | beam-v1 score (s) | proto loop (s) | proto loop / beam-v1 |",
-        "|---:|---:|---:|---:|",
+        "| round | beam-v1 score wall / CPU (s) | proto loop wall / CPU (s) | "
+        "proto loop / beam-v1, wall | CPU |",
+        "|---:|---:|---:|---:|---:|",
     ]
-    for i, (a, b, r) in enumerate(zip(times["beam-v1 score"], times["proto loop"], ratios)):
-        lines.append(f"| {i + 1} | {a:.1f} | {b:.1f} | {r:.2f}x |")
-    lines.append(f"| median | | | {statistics.median(ratios):.2f}x |")
+    for i in range(rounds):
+        lines.append(f"| {i + 1} | {times[a_name][i]:.1f} / {cpu[a_name][i]:.1f} | "
+                     f"{times[b_name][i]:.1f} / {cpu[b_name][i]:.1f} | {ratios[i]:.2f}x | "
+                     f"{cpu_ratios[i]:.2f}x |")
+    lines.append(f"| median | | | {statistics.median(ratios):.2f}x | "
+                 f"{statistics.median(cpu_ratios):.2f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
     Path(results).parent.mkdir(parents=True, exist_ok=True)

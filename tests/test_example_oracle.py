@@ -3,7 +3,8 @@
 Random feature specs (required / defaulted FixedLenFeature of int64, float32 and string with
 shapes [], [2], [2,2]; VarLenFeature; FixedLenSequenceFeature(allow_missing=True)) are built
 into real TF1 graphs parsed by ParseExampleV2 or ParseExample. Random columns (nulls, wrong
-list lengths, ints into float features, binary and utf8 strings) are scored through the real
+list lengths, ints into float features, binary and utf8 strings, scalar, list and large_list
+columns) are scored through the real
 scoring path (`inference.BatchScorer` planned as a RunV1Inference worker plans it) on both
 feed paths. The truth: every row serialized with TensorFlow's own `tf.train.Example` (a null
 cell = the feature is absent) and run ALONE through the signature in a plain Session. Both
@@ -180,7 +181,8 @@ def column(draw, kind: str, dtype: str, shape: tuple, n: int):
                                               (pa.int64(), SMALL_INTS)]))
     else:
         arrow, values = draw(st.sampled_from([(pa.binary(), BYTES), (pa.string(), TEXT)]))
-    scalar = kind in ("required", "default") and shape == () and draw(st.booleans())
+    scalar = (kind == "sparse" or kind in ("required", "default") and shape == ()) and draw(
+        st.booleans())
     if kind == "sequence":
         step = size  # lengths: any multiple of the element size, or (rarely) not one
         length = st.one_of(st.integers(0, 3).map(lambda k: k * step), st.integers(0, 5))
@@ -197,7 +199,7 @@ def column(draw, kind: str, dtype: str, shape: tuple, n: int):
         else:
             k = draw(length)
             rows.append(draw(st.lists(values, min_size=k, max_size=k)))
-    typ = arrow if scalar else pa.list_(arrow)
+    typ = arrow if scalar else draw(st.sampled_from([pa.list_, pa.large_list]))(arrow)
     return pa.array(rows, typ), rows
 
 
@@ -331,6 +333,7 @@ def test_encoder_equals_tensorflow_protos(case):
                     "float32": "float_list"}[dtypes[key]]
             assert parsed[key].WhichOneof("kind") == kind
             got = list(getattr(parsed[key], kind).value)
+            value = value if isinstance(value, list) else [value]  # a scalar column's cell
             if dtypes[key] == "string":
                 want = [v if isinstance(v, bytes) else v.encode() for v in value]
             elif dtypes[key] == "float32":
