@@ -44,4 +44,4 @@ class UnsafeModelError(BeamV1Error):
 
     def __init__(self, message: str, findings: list | None = None):
         super().__init__(message)
-        self.findings = findings or []  # beam_v1.audit.Finding
+        self.findings = findings or []  # beam_v1.model.audit.Finding

@@ -37,7 +37,7 @@ What is supported:
   (`outputs=` picks). Shapes and dtypes in a functional model come from the signature.
 - fixed batch size 1 (e.g. `[1,10]`): larger batches are run row by row with `tf.map_fn`.
   Other fixed batch sizes must be fed at exactly that size.
-- ops TensorFlow 2 lost are replaced as `beam_v1.load` does (`beam_v1.rewrites`; e.g. the TFX
+- ops TensorFlow 2 lost are replaced as `beam_v1.load` does (`beam_v1.model.rewrites`; e.g. the TFX
   Chicago-taxi Estimator exports); `rewrites=False` turns that off. Custom-op libraries must be
   loaded before building the layer (`tf.load_op_library`), there is no `op_libraries=` here.
 - string inputs (e.g. serialized tf.Example): Keras' `model.predict` refuses numpy object
@@ -49,7 +49,7 @@ What is supported:
   with `model.save("m.keras")` stores only that config (no weights of the v1 model), and
   `keras.saving.load_model("m.keras")` re-imports the SavedModel from `path`, which must still
   be readable there. The class is registered as `beam_v1>V1Layer`.
-- audited like `beam_v1.load` (SPEC §7, `beam_v1.audit`): a graph whose run would touch files,
+- audited like `beam_v1.load` (SPEC §7, `beam_v1.model.audit`): a graph whose run would touch files,
   processes or Python is refused before anything is imported or run, unless
   `allow_unsafe_ops=True`.
 """
@@ -63,8 +63,10 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from beam_v1 import ops, savedmodel, staging
 from beam_v1.errors import FeedError, SignatureNotFoundError
+from beam_v1.io import staging
+from beam_v1.model import kernels as ops
+from beam_v1.model import metadata as savedmodel
 
 _log = logging.getLogger(__name__)
 
@@ -109,11 +111,11 @@ def _import(
     missing = ops.missing_ops(meta_graph.graph_def, rewrites=rewrites)
     if missing:
         raise ops.missing_ops_error(path, missing)
-    if rewrites:  # ops TensorFlow 2 lost, replaced as beam_v1.load does (beam_v1.rewrites)
-        from beam_v1 import rewrites as _rewrites
+    if rewrites:  # ops TensorFlow 2 lost, replaced as beam_v1.load does (beam_v1.model.rewrites)
+        from beam_v1.model import rewrites as _rewrites
 
         meta_graph, _ = _rewrites.rewrite_meta_graph(meta_graph)
-    from beam_v1 import audit
+    from beam_v1.model import audit
 
     # SPEC §7: refuse graphs that touch files, processes or Python before anything runs
     audit.check(meta_graph, path, allow_unsafe_ops)
@@ -166,8 +168,9 @@ class V1Layer(keras.layers.Layer):
       signature: signature key (default: `serving_default`, else the only one).
       tags: MetaGraph tag set (default: the model's only tag set, else `serve`).
       outputs: output keys to return (default: all); one key returns a bare tensor.
-      allow_unsafe_ops: skip the graph-op audit of SPEC §7 (`beam_v1.audit`) for a trusted model.
-      rewrites: replace ops TensorFlow 2 lost (`beam_v1.rewrites`), as `beam_v1.load` does.
+      allow_unsafe_ops: skip the graph-op audit of SPEC §7 (`beam_v1.model.audit`) for a
+        trusted model.
+      rewrites: replace ops TensorFlow 2 lost (`beam_v1.model.rewrites`), as `beam_v1.load` does.
     """
 
     def __init__(

@@ -100,8 +100,8 @@ def child(mode: str, model: str, out: str) -> None:
     import pyarrow.parquet  # noqa: F401
     import tensorflow as tf
 
-    import beam_v1.dump  # noqa: F401
-    import beam_v1.variables  # noqa: F401
+    import beam_v1.variables.checkpoint  # noqa: F401
+    import beam_v1.variables.dump  # noqa: F401
 
     base = _rss_mb()
     started = time.perf_counter()
@@ -116,7 +116,7 @@ def child(mode: str, model: str, out: str) -> None:
         peak = _peak_mb()
         hashes = _hashes(values)
     else:
-        from beam_v1.dump import DumpVariables, WriteVariables
+        from beam_v1.variables.dump import DumpVariables, WriteVariables
 
         with beam.Pipeline() as p:
             dumped = p | beam.Create([model]) | DumpVariables(progress_seconds=0)
@@ -131,14 +131,14 @@ def child(mode: str, model: str, out: str) -> None:
                 "base_mb": base,
                 "peak_mb": peak,
                 "hashes": hashes,
-                "beam_v1": os.path.dirname(os.path.dirname(beam_v1.dump.__file__)),
+                "beam_v1": os.path.dirname(os.path.dirname(beam_v1.variables.dump.__file__)),
             }
         )
     )
 
 
 def _verify(mode: str, out: str, expected: dict) -> bool:
-    from beam_v1.variables import read_variables
+    from beam_v1.variables.checkpoint import read_variables
 
     got = _hashes(read_variables(out))
     return got == expected

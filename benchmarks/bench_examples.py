@@ -7,7 +7,7 @@ In one process, three ways side by side:
     python benchmarks/bench_examples.py [--rows 200000] [--taxi-copies 250] [--batch 65536]
         [--results benchmarks/out/RESULTS-examples.md]  (then pasted into RESULTS.md)
 
-(direct)      beam_v1.examples.ExampleScorer, mode auto: the parse op's outputs fed from columns
+(direct)      beam_v1.model.examples.ExampleScorer, mode auto: the parse op's outputs fed from columns
 (serialize)   ExampleScorer, mode serialize: serialized examples built from the columns
               (per-column encoding, no protobuf object per row), parsed by the graph
 (proto-loop)  a Python proto loop: a `tf.train.Example` per row built with TensorFlow's Python
@@ -61,7 +61,7 @@ def proto_loop(model, scorer, table):
 def run_ways(model, signature, table, batch):
     import numpy as np
 
-    from beam_v1 import examples
+    from beam_v1.model import examples
 
     direct = examples.ExampleScorer(model, signature, mode="auto")
     assert direct.direct, direct.blocker
@@ -248,7 +248,7 @@ def main(argv=None) -> int:
     from test_examples import REALMODELS, TAXI_DATA, build_estimator_style, fixture_table
 
     import beam_v1
-    from beam_v1 import tfrecord
+    from beam_v1.io import tfrecord
 
     rows_out = []
     with tempfile.TemporaryDirectory() as tmp:

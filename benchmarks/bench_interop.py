@@ -65,7 +65,7 @@ def pipelines(path: str, x: np.ndarray, handler_batch: int, arrow_batch: int) ->
     from apache_beam.testing.util import assert_that, equal_to
 
     import beam_v1
-    from beam_v1.handler import V1ModelHandler
+    from beam_v1.interop.handler import V1ModelHandler
 
     n = len(x)
     out = {}

@@ -665,9 +665,9 @@ def profile(ctx, pattern: str, out: str) -> dict:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     import beam_v1
-    from beam_v1 import columns
-    from beam_v1.inference import BatchScorer
-    from beam_v1.transforms import ScoreParquet
+    from beam_v1.scoring import columns
+    from beam_v1.scoring.scorer import BatchScorer
+    from beam_v1.scoring.transforms import ScoreParquet
 
     files = sorted(glob.glob(pattern))
     size = ctx.args.batch_size

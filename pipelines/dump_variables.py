@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from beam_v1.cli import main
+from beam_v1.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["dump-variables", *sys.argv[1:]], hard_stop=True))

@@ -20,8 +20,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 import beam_v1
-from beam_v1 import audit
-from beam_v1.audit import UnsafeModelError
+from beam_v1.model import audit
+from beam_v1.model.audit import UnsafeModelError
 
 v1 = tf.compat.v1
 # keep py_func graphs alive: TF finds a py_func's Python callable through its graph
@@ -259,7 +259,7 @@ def test_cli_score_refuses_then_override_runs(hostile, tmp_path):
     assert "WriteFile" in refused.stderr and "Traceback" not in refused.stderr
     assert not os.path.exists(hostile["marker"])
     assert sorted(os.listdir(tmp_path)) == ["in.parquet"]
-    from beam_v1 import cli
+    from beam_v1.cli import main as cli
 
     assert cli.main([*args, "--quiet", "--allow-unsafe-ops"]) == 0
     table = pq.read_table(f"{out}-00000-of-00001.parquet")
@@ -269,7 +269,7 @@ def test_cli_score_refuses_then_override_runs(hostile, tmp_path):
 
 
 def test_cli_inspect_prints_findings(hostile, capsys):
-    from beam_v1 import cli
+    from beam_v1.cli import main as cli
 
     assert cli.main(["inspect", hostile["hostname"]]) == 0
     out = capsys.readouterr().out
@@ -295,7 +295,7 @@ def test_unsafe_attr_ops():
 
 
 def test_model_handler_refuses_at_load(hostile):
-    from beam_v1.handler import V1ModelHandler
+    from beam_v1.interop.handler import V1ModelHandler
 
     with pytest.raises(UnsafeModelError):
         V1ModelHandler(hostile["init_writer"]).load_model()

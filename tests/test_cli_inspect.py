@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from beam_v1.cli import EXIT_USER_ERROR, main
+from beam_v1.cli.main import EXIT_USER_ERROR, main
 
 
 def _signature_rows(text: str, key: str) -> list[str]:

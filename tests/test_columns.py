@@ -1,8 +1,8 @@
-"""`beam_v1.columns`: Arrow columns <-> numpy feeds and fetches (SPEC §4, §5), over real Arrow
-arrays, plus a few conversions fed to real TF1 sessions (tests/builders.py models).
+"""`beam_v1.scoring.columns`: Arrow columns <-> numpy feeds and fetches (SPEC §4, §5), over
+real Arrow arrays, plus a few conversions fed to real TF1 sessions (tests/builders.py models).
 
 Signatures for the pure conversion tests are built directly from `SignatureInfo`/`TensorSpec`
-(the same objects `beam_v1.savedmodel` reads from a SavedModel); the session tests read them
+(the same objects `beam_v1.model.metadata` reads from a SavedModel); the session tests read them
 from the built models and compare with TensorFlow's own TF1 loader.
 """
 
@@ -14,9 +14,10 @@ import pytest
 import tensorflow as tf
 
 import beam_v1
-from beam_v1 import columns, savedmodel
 from beam_v1.errors import BeamV1Error, SchemaError
-from beam_v1.savedmodel import SignatureInfo, TensorSpec
+from beam_v1.model import metadata as savedmodel
+from beam_v1.model.metadata import SignatureInfo, TensorSpec
+from beam_v1.scoring import columns
 
 v1 = tf.compat.v1
 

@@ -42,8 +42,8 @@ MODELS = sorted(p.name for p in REALMODELS.iterdir() if p.is_dir() and not p.nam
 UNRUNNABLE = {
     "stfs__custom_op_zeroout": "ZeroOut",
 }
-# Models whose lost op beam_v1.rewrites replaces: they run with rewrites (tests/test_rewrites.py,
-# tests/test_examples.py) and fail naming the op with rewrites=False.
+# Models whose lost op beam_v1.model.rewrites replaces: they run with rewrites
+# (tests/test_rewrites.py, tests/test_examples.py) and fail naming the op with rewrites=False.
 REWRITTEN = {
     "tfx__chicago_taxi_estimator_tf1.12_1551382555": "BucketizeWithInputBoundaries",
     "tfx__chicago_taxi_estimator_tf1.13_1551303840": "BucketizeWithInputBoundaries",

@@ -28,9 +28,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import beam_v1
-from beam_v1 import columns, examples, preflight
 from beam_v1.errors import SchemaError
-from beam_v1.inference import BatchScorer
+from beam_v1.model import examples
+from beam_v1.scoring import columns, preflight
+from beam_v1.scoring.scorer import BatchScorer
 
 v1 = tf.compat.v1
 EXAMPLES = int(os.environ.get("BEAM_V1_FUZZ_EXAMPLES", "30"))

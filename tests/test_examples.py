@@ -21,8 +21,10 @@ import tensorflow as tf
 from example_truth import TruthSession, build_parse_model
 
 import beam_v1
-from beam_v1 import examples, savedmodel, tfrecord
 from beam_v1.errors import BeamV1Error
+from beam_v1.io import tfrecord
+from beam_v1.model import examples
+from beam_v1.model import metadata as savedmodel
 
 v1 = tf.compat.v1
 REALMODELS = Path(__file__).resolve().parents[2] / "shared" / "realmodels"
@@ -335,7 +337,7 @@ def test_score_command_from_columns_both_feeds_and_from_tfrecord(taxi_records, t
     """`beam-v1 score` on the DirectRunner: the taxi examples decoded to Parquet columns
     (direct feed, then --example-feed serialize) and the TFRecord file itself give the same
     outputs row for row."""
-    from beam_v1.score_cli import score
+    from beam_v1.cli.score import score
 
     model = str(REALMODELS / "tfx__chicago_taxi_estimator_tf1.13_1551303840")
     (record_file,) = TAXI_DATA.glob("*.gz")
@@ -364,7 +366,7 @@ def test_score_command_from_columns_both_feeds_and_from_tfrecord(taxi_records, t
 
 @needs_corpus
 def test_score_command_dead_letters_rows_without_a_required_feature(tmp_path):
-    from beam_v1.score_cli import score
+    from beam_v1.cli.score import score
 
     model = str(REALMODELS / "serving__saved_model_half_plus_two_cpu")
     pq.write_table(pa.table({"x": pa.array([1.0, None, 3.0]), "k": pa.array([1, 2, 3])}),
@@ -394,7 +396,7 @@ def tf_truth(model_path: str, rows: list[dict], dtypes: dict[str, str]):
 def score_both_feeds(model_path: str, table: pa.Table, tmp_path: Path) -> dict:
     """`score` (ScoreParquet on the DirectRunner) on both feed paths:
     {feed: (scored table sorted by row_id, failed table sorted by row_id)}."""
-    from beam_v1.score_cli import score
+    from beam_v1.cli.score import score
 
     table = table.append_column("row_id", pa.array(range(table.num_rows), pa.int64()))
     pq.write_table(table, tmp_path / "in.parquet")

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import beam_v1
-from beam_v1 import columns
 from beam_v1.errors import SchemaError
-from beam_v1.inference import BatchScorer
+from beam_v1.scoring import columns
+from beam_v1.scoring.scorer import BatchScorer
 
 EXAMPLES = int(os.environ.get("BEAM_V1_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(

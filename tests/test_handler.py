@@ -16,7 +16,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 import beam_v1
 from beam_v1.errors import FeedError
-from beam_v1.handler import V1ModelHandler
+from beam_v1.interop.handler import V1ModelHandler
 
 
 def _multi_rows(n=7):

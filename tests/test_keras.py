@@ -171,7 +171,7 @@ def test_corpus_half_plus_two_cpu():
 def test_corpus_aliased_keys_that_tf_saved_model_load_rejects():
     # several signature keys share one tensor (u8 -> i8 ...): tf.saved_model.load fails here
     path = _real("mlnet__model_types_test")
-    from beam_v1.session import numpy_dtype
+    from beam_v1.model.session import numpy_dtype
 
     with beam_v1.load(path) as model:
         sig = model.signature()
@@ -217,7 +217,7 @@ def _build_init_writer(path, marker):
 
 
 def test_unsafe_model_refused_before_anything_runs(tmp_path):
-    from beam_v1.audit import UnsafeModelError
+    from beam_v1.model.audit import UnsafeModelError
 
     marker = tmp_path / "marker.txt"
     path = _build_init_writer(str(tmp_path / "unsafe"), str(marker))
@@ -231,7 +231,8 @@ def test_unsafe_model_refused_before_anything_runs(tmp_path):
 
 
 def test_corpus_tfx_estimator_serialized_examples_with_rewrites():
-    # string input of serialized tf.Example; the graph needs beam_v1.rewrites (BoostedTrees...)
+    # string input of serialized tf.Example; the graph needs beam_v1.model.rewrites
+    # (BoostedTrees...)
     path = _real("tfx__chicago_taxi_estimator_tf1.15_1571697424")
     data = REALMODELS / "_data" / "tfx_chicago_taxi_examples"
     (shard,) = sorted(data.glob("*.gz"))

@@ -5,7 +5,7 @@ import collections
 import numpy as np
 import pytest
 
-from beam_v1 import latency
+from beam_v1.scoring import latency
 
 
 def test_bucket_bounds_are_inclusive_and_increasing():

@@ -1,5 +1,5 @@
-"""beam_v1.parquet_raw (the dump's Parquet writer) read back by pyarrow, and the kernel-copy
-path of dump_files.write_bytes for ranges mapped from a checkpoint shard."""
+"""beam_v1.variables.parquet_raw (the dump's Parquet writer) read back by pyarrow, and the
+kernel-copy path of dump_files.write_bytes for ranges mapped from a checkpoint shard."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from beam_v1 import dump_files, parquet_raw, variables
+from beam_v1.variables import checkpoint as variables
+from beam_v1.variables import files as dump_files
+from beam_v1.variables import parquet_raw
 
 SCHEMA = pa.schema(
     [

@@ -25,9 +25,11 @@ import tensorflow as tf
 from apache_beam.metrics.metric import MetricsFilter
 from remote_fs import MappedFileSystem
 
-from beam_v1 import RunV1Inference, ScoreParquet, cli, staging
+from beam_v1 import RunV1Inference, ScoreParquet
+from beam_v1.cli import main as cli
+from beam_v1.cli.score import score
 from beam_v1.errors import BeamV1Error, SchemaError
-from beam_v1.score_cli import score
+from beam_v1.io import staging
 
 v1 = tf.compat.v1
 MULTI_THREADING = ["--direct_running_mode=multi_threading", "--direct_num_workers=2"]
@@ -914,7 +916,7 @@ def _row_group_files(folder, sizes_and_groups):
 
 @pytest.mark.parametrize("where", ["local", "beam_filesystem"])
 def test_read_parquet_row_groups_yields_each_row_group_once(tmp_path, where):
-    from beam_v1.parquet_read import ReadParquetRowGroups, reading_parquet
+    from beam_v1.io.parquet_read import ReadParquetRowGroups, reading_parquet
 
     root = tmp_path / "bucket"
     ids, groups = _row_group_files(str(root / "in"), [(250, 100), (40, 1000), (0, 10)])
@@ -952,7 +954,7 @@ def test_write_parquet_tables_sinks_side_by_side(tmp_path, where):
     """Two sinks whose prefixes nest (`s` and `s-failed`) and whose shard counts are equal keep
     each other's files (Beam's own sink deletes every `s-*-of-00002` file before it renames);
     every row is written once; a shard without rows is an empty file with the schema."""
-    from beam_v1.parquet_write import WriteParquetTables
+    from beam_v1.io.parquet_write import WriteParquetTables
 
     root = tmp_path / "bucket"
     os.makedirs(root / "out")
@@ -993,7 +995,7 @@ def test_write_parquet_tables_finalize_retried_after_a_partial_rename(tmp_path):
     file that is neither renamed nor present is still an error."""
     from apache_beam.io.filesystem import BeamIOError
 
-    from beam_v1.parquet_write import finalize
+    from beam_v1.io.parquet_write import finalize
 
     schema = pa.schema([("a", pa.int64())])
     temp = tmp_path / "beam-temp-s-1"
@@ -1149,7 +1151,7 @@ def test_python_dash_m_beam_v1_score(built_models, tmp_path):
 
 def test_score_bounds_batches_by_bytes(built_models, tmp_path):
     """--max-batch-bytes: more, smaller batches than --batch-size alone gives; nothing lost."""
-    from beam_v1 import cli
+    from beam_v1.cli import main as cli
 
     path = built_models["mlp"]
     written = write_mlp_parquet(str(tmp_path / "in"), n_files=1, rows=200, bad_every=50)

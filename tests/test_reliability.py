@@ -20,8 +20,8 @@ from apache_beam.utils import shared
 from tensorflow.core.protobuf import saved_model_pb2
 
 import beam_v1
-from beam_v1.dofn import RunV1InferenceDoFn, ScoringConfig, rows_within_bytes
 from beam_v1.errors import BeamV1Error, MissingOpsError, ModelFileError
+from beam_v1.scoring.dofn import RunV1InferenceDoFn, ScoringConfig, rows_within_bytes
 
 # ------------------------------------------------------------------ corrupt models
 
@@ -184,7 +184,7 @@ def test_corrupt_model_cli(corrupt_models, mlp_parquet, tmp_path, case):
 
 @pytest.mark.parametrize("case", sorted(INSPECT_WARNS))
 def test_corrupt_model_cli_inspect_exits_2(corrupt_models, case, capsys):
-    from beam_v1 import cli
+    from beam_v1.cli import main as cli
 
     assert cli.main(["inspect", corrupt_models[case]]) == 2
     captured = capsys.readouterr()
@@ -324,7 +324,7 @@ def test_kill_and_rerun(built_models, tmp_path):
 
 
 def test_rerun_removes_earlier_shards_in_process(built_models, tmp_path):
-    from beam_v1.score_cli import remove_earlier_outputs
+    from beam_v1.cli.score import remove_earlier_outputs
 
     out = str(tmp_path / "scores")
     keep = [tmp_path / "scores-notes.txt", tmp_path / "scores-x-00000-of-00001.parquet"]

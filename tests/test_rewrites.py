@@ -18,9 +18,11 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, types_pb2
 
 import beam_v1
-from beam_v1 import examples as examples_mod
-from beam_v1 import ops, rewrites, savedmodel
 from beam_v1.errors import MissingOpsError
+from beam_v1.model import examples as examples_mod
+from beam_v1.model import kernels as ops
+from beam_v1.model import metadata as savedmodel
+from beam_v1.model import rewrites
 
 REALMODELS = Path(__file__).resolve().parents[2] / "shared" / "realmodels"
 TAXI_DATA = REALMODELS / "_data" / "tfx_chicago_taxi_examples"

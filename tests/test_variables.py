@@ -18,10 +18,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_v1 import cli, savedmodel
-from beam_v1.dump import DumpVariables, WriteVariables, output_path
+from beam_v1.cli import main as cli
 from beam_v1.errors import ModelFileError
-from beam_v1.variables import CheckpointReader, list_variables, read_checkpoint, read_variables
+from beam_v1.model import metadata as savedmodel
+from beam_v1.variables.checkpoint import (
+    CheckpointReader,
+    list_variables,
+    read_checkpoint,
+    read_variables,
+)
+from beam_v1.variables.dump import DumpVariables, WriteVariables, output_path
 
 v1 = tf.compat.v1
 
@@ -325,8 +331,8 @@ def test_corrupt_sliced_variable_fails_its_model_and_writes_no_file(fixtures, tm
     """A big variable read as mapped ranges is checked against the index's CRC-32C after its
     last slice: one flipped byte fails that model (naming the shard and the variable) after
     its other slices went to the sink, and no file appears for it; the fleet goes on."""
-    from beam_v1 import savedmodel as sm
-    from beam_v1.variables import read_index
+    from beam_v1.model import metadata as sm
+    from beam_v1.variables.checkpoint import read_index
 
     model, shard = _copy(fixtures["big"], tmp_path / "m")
     _, entries = read_index(sm.checkpoint_prefix(model))
@@ -390,8 +396,8 @@ def test_fleet_multi_processing_cli(fixtures, tmp_path, capsys):
 
 def _fixture_records(model: str, slice_bytes: int):
     """(RecordMeta, value) for every slice of `model`, read as DumpVariables reads them."""
-    from beam_v1 import variables
-    from beam_v1.dump_files import RecordMeta
+    from beam_v1.variables import checkpoint as variables
+    from beam_v1.variables.files import RecordMeta
 
     specs = list_variables(model)
     reader = CheckpointReader(model)
@@ -410,7 +416,7 @@ def _fixture_records(model: str, slice_bytes: int):
 def test_records_split_across_parts_are_joined_bit_exact(fixtures, tmp_path, fmt):
     """Records of one model arriving in three bundles, a variable's slices spread over them
     and out of order, are joined into one file equal to the checkpoint."""
-    from beam_v1 import dump_files
+    from beam_v1.variables import files as dump_files
 
     model = fixtures["big"]
     records = _fixture_records(model, 1024)
@@ -444,7 +450,7 @@ def test_records_split_across_parts_are_joined_bit_exact(fixtures, tmp_path, fmt
 
 @pytest.mark.parametrize("fmt", ["parquet", "npz"])
 def test_one_part_is_renamed_and_an_incomplete_model_writes_nothing(fixtures, tmp_path, fmt):
-    from beam_v1 import dump_files
+    from beam_v1.variables import files as dump_files
 
     model = fixtures["big"]
     records = _fixture_records(model, 1024)
@@ -473,8 +479,8 @@ def test_npz_big_slices_get_a_valid_crc(tmp_path):
     """Slices over 1 MiB have their CRC-32 computed beside the write: the zip must verify."""
     import zipfile
 
-    from beam_v1 import dump_files
-    from beam_v1.dump_files import RecordMeta
+    from beam_v1.variables import files as dump_files
+    from beam_v1.variables.files import RecordMeta
 
     value = np.random.default_rng(0).standard_normal((3 << 16, 8)).astype(np.float32)  # 6 MiB
     writer = dump_files.part_writer(str(tmp_path), "m", "npz")
@@ -613,7 +619,7 @@ def test_every_dtype_round_trips_sliced_whole_and_joined(tmp_path, fmt):
     comment), float16, bool, complex64, small ints and strings (bytes objects, as TensorFlow
     gives them) come back with their dtype and bytes, whether read whole, as mapped slices, or
     joined from parts."""
-    from beam_v1 import dump_files
+    from beam_v1.variables import files as dump_files
 
     model = build_dtypes(str(tmp_path / "m"))
     want = _ckpt_values(model)
@@ -639,8 +645,8 @@ def test_npz_lists_many_bfloat16_variables_in_a_member(tmp_path):
     which read_variables uses and does not return."""
     import ml_dtypes
 
-    from beam_v1 import dump_files
-    from beam_v1.dump_files import RecordMeta
+    from beam_v1.variables import files as dump_files
+    from beam_v1.variables.files import RecordMeta
 
     writer = dump_files.part_writer(str(tmp_path / "tmp"), "m", "npz")
     names = [f"encoder/layer_{i:04d}/attention/output/dense/kernel" for i in range(1500)]

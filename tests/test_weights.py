@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import beam_v1
-from beam_v1.weights import AssignError, ShapeMismatchError, assign_variables
+from beam_v1.interop.weights import AssignError, ShapeMismatchError, assign_variables
 
 REALMODELS = Path(
     os.environ.get(
@@ -127,7 +127,7 @@ def test_shape_and_dtype_mismatch_assign_nothing(built_models):
 def test_from_a_parquet_dump_prefix(built_models, tmp_path):
     import apache_beam as beam
 
-    from beam_v1.dump import DumpVariables, WriteVariables
+    from beam_v1.variables.dump import DumpVariables, WriteVariables
 
     path = built_models["mlp"]
     prefix = str(tmp_path / "dump" / "vars")

@@ -57,10 +57,10 @@ def missing_ops(
 ) -> dict[str, tuple[list[str], str]]:
     """Ops of the graph and its function library that cannot run here: op -> (nodes, reason).
 
-    With `rewrites`, a lost op that `beam_v1.rewrites` can replace (in top-level nodes) is not
-    counted as missing; see `beam_v1.rewrites.needed`.
+    With `rewrites`, a lost op that `beam_v1.model.rewrites` can replace (in top-level nodes) is not
+    counted as missing; see `beam_v1.model.rewrites.needed`.
     """
-    from beam_v1 import rewrites as _rewrites
+    from beam_v1.model import rewrites as _rewrites
 
     rewritable = set(_rewrites.needed(graph_def)) if rewrites else set()
     functions = {f.signature.name for f in graph_def.library.function}

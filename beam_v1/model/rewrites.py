@@ -259,7 +259,7 @@ REWRITES: dict[str, Rewrite] = {
 
 
 def _runnable(op: str) -> bool:
-    from beam_v1 import ops
+    from beam_v1.model import kernels as ops
 
     return ops._op_status(op) is None
 

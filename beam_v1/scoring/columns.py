@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from beam_v1.errors import SchemaError
-from beam_v1.savedmodel import SignatureInfo, TensorSpec
+from beam_v1.model.metadata import SignatureInfo, TensorSpec
 
 ERROR_COLUMN = "error"
 

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 
-from beam_v1 import files
+from beam_v1.io import files
 
 _OPEN_FILES = 4  # row groups arrive shuffled: keep a few files' footers open
 

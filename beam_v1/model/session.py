@@ -16,9 +16,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
-from beam_v1 import ops, savedmodel
 from beam_v1.errors import BeamV1Error, FeedError, ModelFileError, SignatureNotFoundError
-from beam_v1.savedmodel import SignatureInfo, TensorSpec
+from beam_v1.model import kernels as ops
+from beam_v1.model import metadata as savedmodel
+from beam_v1.model.metadata import SignatureInfo, TensorSpec
 
 _log = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ class LoadOptions:
     inter_op_threads: int = 0
     op_libraries: tuple[str, ...] = ()
     import_modules: tuple[str, ...] = ()
-    allow_unsafe_ops: bool = False  # skip the graph-op audit (beam_v1.audit, SPEC §7)
-    rewrites: bool = True  # replace ops this TensorFlow lost (beam_v1.rewrites)
+    allow_unsafe_ops: bool = False  # skip the graph-op audit (beam_v1.model.audit, SPEC §7)
+    rewrites: bool = True  # replace ops this TensorFlow lost (beam_v1.model.rewrites)
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> LoadOptions:
@@ -98,10 +99,10 @@ class V1Model:
             raise ops.missing_ops_error(self.path, missing)
         self.rewritten: dict[str, list[str]] = {}
         if self.options.rewrites:
-            from beam_v1 import rewrites
+            from beam_v1.model import rewrites
 
             meta_graph, self.rewritten = rewrites.rewrite_meta_graph(meta_graph)
-        from beam_v1 import audit
+        from beam_v1.model import audit
 
         # before any session exists: nothing of the model (init op included) has run yet
         audit.check(meta_graph, self.path, self.options.allow_unsafe_ops)
@@ -419,6 +420,6 @@ def load(
     """Load a TF1 SavedModel into one session (SPEC §2).
 
     Options: intra_op_threads, inter_op_threads, op_libraries, import_modules,
-    allow_unsafe_ops (skip the graph-op audit; see beam_v1.audit).
+    allow_unsafe_ops (skip the graph-op audit; see beam_v1.model.audit).
     """
     return V1Model(path, tags=tags, signature=signature, options=LoadOptions.from_kwargs(**options))

@@ -9,9 +9,12 @@ from collections.abc import Mapping, Sequence
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from beam_v1 import columns, ops, savedmodel, staging
 from beam_v1.errors import BeamV1Error, ModelFileError, SchemaError
-from beam_v1.parquet_read import reading_parquet
+from beam_v1.io import staging
+from beam_v1.io.parquet_read import reading_parquet
+from beam_v1.model import kernels as ops
+from beam_v1.model import metadata as savedmodel
+from beam_v1.scoring import columns
 
 _log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ def check_model(
     missing = ops.missing_ops(meta_graph.graph_def, rewrites=load_options.get("rewrites", True))
     if missing:
         raise ops.missing_ops_error(local, missing)
-    from beam_v1 import audit
+    from beam_v1.model import audit
 
     audit.check(meta_graph, local, bool(load_options.get("allow_unsafe_ops", False)))
     problems = audit.file_problems(local, meta_graph, [key])
@@ -123,7 +126,7 @@ def check_scoring(
 
 def probe_output_shapes(local, tags, sig, first_file, schema, plan_kwargs, load_options, keys):
     """Outputs of unknown rank: run the model on the first rows to learn each one's shape."""
-    from beam_v1.session import load
+    from beam_v1.model.session import load
 
     model = load(local, tags=tags, signature=sig.key, **load_options)
     try:
@@ -155,7 +158,7 @@ def learn_output_shapes(model, sig, schema, sample: pa.Table, plan_kwargs, keys,
     Used before a run (first rows of the first file) and by workers (first batch of a schema).
     """
     from beam_v1 import examples  # a tf.Example signature fed from feature columns
-    from beam_v1.inference import BatchScorer, _RunFailed
+    from beam_v1.scoring.scorer import BatchScorer, _RunFailed
 
     ex = examples.scorer_for_columns(
         model, sig.key, schema, plan_kwargs.get("column_map"), "serialize", keys

@@ -134,8 +134,8 @@ def assign_variables(
 def _is_saved_model_dir(path: str) -> bool:
     if not os.path.isdir(path):
         return False
-    from beam_v1 import savedmodel
     from beam_v1.errors import ModelFileError
+    from beam_v1.model import metadata as savedmodel
 
     try:
         savedmodel.resolve_model_dir(path)
@@ -153,14 +153,14 @@ def read_source(
     if isinstance(source, Mapping):
         return {str(k): np.asarray(v) for k, v in source.items()}
     path = os.fspath(source)
-    from beam_v1 import staging
+    from beam_v1.io import staging
 
     path = staging.local_model_dir(path)
     if _is_saved_model_dir(path):
-        from beam_v1 import variables
+        from beam_v1.variables import checkpoint as variables
 
         return variables.read_checkpoint(path, tags)
-    from beam_v1.variables import read_variables
+    from beam_v1.variables.checkpoint import read_variables
 
     return read_variables(path, model=model)
 

@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 import tensorflow as tf
 
-from beam_v1 import columns
-from beam_v1.columns import ERROR_COLUMN, FeedPlan
 from beam_v1.errors import BeamV1Error
-from beam_v1.session import V1Model, first_line
+from beam_v1.model.session import V1Model, first_line
+from beam_v1.scoring import columns
+from beam_v1.scoring.columns import ERROR_COLUMN, FeedPlan
 
 
 @dataclasses.dataclass

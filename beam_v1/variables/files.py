@@ -7,7 +7,7 @@ into one member). Closing a part gives a small descriptor (what it holds, never 
 the whole model (the usual case: reading and writing fused in one bundle) it is renamed into
 place, else the parts are concatenated (Parquet: row groups copied; npz: a variable's slices
 joined). The final name only ever appears by a rename of a complete file, so a model's output
-is all or nothing. No Beam here (`beam_v1.dump` holds the DoFns).
+is all or nothing. No Beam here (`beam_v1.variables.dump` holds the DoFns).
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from beam_v1 import checksums, parquet_raw, variables
 from beam_v1.errors import ModelFileError
-from beam_v1.files import create_output, is_remote, open_input
+from beam_v1.io import checksums
+from beam_v1.io.files import create_output, is_remote, open_input
+from beam_v1.variables import checkpoint as variables
+from beam_v1.variables import parquet_raw
 
 PARQUET_GROUP_BYTES = 8 << 20  # small records are batched into row groups of about this size
 PARQUET_BIG_ROW = parquet_raw.BIG_VALUE  # a record bigger than this is its own row group

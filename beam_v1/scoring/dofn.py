@@ -21,7 +21,7 @@ from apache_beam.utils import shared
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from beam_v1 import latency
+from beam_v1.scoring import latency
 
 NAMESPACE = "beam_v1"
 SCORED = "scored"
@@ -72,8 +72,8 @@ class _SharedModel:
 
 
 def load_shared_model(config: ScoringConfig):
-    from beam_v1 import staging
-    from beam_v1.session import load
+    from beam_v1.io import staging
+    from beam_v1.model.session import load
 
     started = time.perf_counter()
     local = staging.local_model_dir(config.model)
@@ -197,8 +197,8 @@ class RunV1InferenceDoFn(beam.DoFn):
         schema = batch.schema
         scorer = self._scorers.get(schema)
         if scorer is None:
-            from beam_v1 import columns, preflight
-            from beam_v1.inference import BatchScorer
+            from beam_v1.scoring import columns, preflight
+            from beam_v1.scoring.scorer import BatchScorer
 
             c = self._config
             sig = self._model.signature(c.signature)

@@ -26,7 +26,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from beam_v1 import files
+from beam_v1.io import files
 
 _log = logging.getLogger(__name__)
 ROW_GROUP_BYTES = 64 << 20  # tables are buffered to about this size per row group

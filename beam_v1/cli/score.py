@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from beam_v1.cli import csv_list
+from beam_v1.cli.main import csv_list
 from beam_v1.errors import BeamV1Error
 
 PROGRESS_SECONDS = 5.0
@@ -102,14 +102,14 @@ def score(
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from beam_v1.transforms import ScoreParquet
+    from beam_v1.scoring.transforms import ScoreParquet
 
     options = PipelineOptions(list(pipeline_args))
     started = time.perf_counter()
     input_format = kwargs.pop("input_format", "parquet")
     decode_features = kwargs.pop("decode_features", False)
-    if input_format == "tfrecord":  # serialized tf.Examples (beam_v1.tfrecord)
-        from beam_v1.tfrecord import ScoreTFRecord
+    if input_format == "tfrecord":  # serialized tf.Examples (beam_v1.io.tfrecord)
+        from beam_v1.io.tfrecord import ScoreTFRecord
 
         kwargs.pop("example_feed", None)  # the records are serialized examples already
 
@@ -178,7 +178,7 @@ def remove_earlier_outputs(output_prefix: str, dead_letter_prefix: str) -> list[
 def summarize(result, transform, seconds: float) -> dict[str, Any]:
     from apache_beam.metrics.metric import MetricsFilter
 
-    from beam_v1 import latency
+    from beam_v1.scoring import latency
 
     metrics = result.metrics().query(MetricsFilter().with_namespace("beam_v1"))
 

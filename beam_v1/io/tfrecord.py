@@ -10,9 +10,9 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from beam_v1 import files
-from beam_v1.checksums import masked_crc32c
 from beam_v1.errors import BeamV1Error
+from beam_v1.io import files
+from beam_v1.io.checksums import masked_crc32c
 
 
 def is_gzip(path: str, compression: str | None = None) -> bool:
@@ -152,7 +152,9 @@ class ScoreTFRecord(beam.PTransform):
         **load_options,
     ):
         super().__init__()
-        from beam_v1 import columns, dofn, examples, preflight, savedmodel
+        from beam_v1.model import examples
+        from beam_v1.model import metadata as savedmodel
+        from beam_v1.scoring import columns, dofn, preflight
 
         self.model = str(model)
         self.input_pattern = input_pattern
@@ -207,7 +209,7 @@ class ScoreTFRecord(beam.PTransform):
     def expand(self, pbegin):
         from apache_beam.io import fileio
 
-        from beam_v1.transforms import RunV1Inference, write_outputs
+        from beam_v1.scoring.transforms import RunV1Inference, write_outputs
 
         spec, compression = self.spec, self.compression
         # one file per element; `read_records` verifies both checksums of every record and

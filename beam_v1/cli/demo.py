@@ -87,7 +87,7 @@ def _short(row: dict) -> str:
 
 
 def run_demo(rows: int = 200_000, workdir: str | None = None) -> int:
-    from beam_v1.score_cli import format_summary, score
+    from beam_v1.cli.score import format_summary, score
 
     folder = workdir or tempfile.mkdtemp(prefix="beam_v1_demo_")
     model = build_demo_model(os.path.join(folder, "model"))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from beam_v1 import varint
+from beam_v1.io import varint
 
 PARSE_OPS = ("ParseExample", "ParseExampleV2")
 _PASS_THROUGH = ("Identity", "IdentityN", "Snapshot", "Reshape", "ExpandDims", "Squeeze")
@@ -196,7 +196,7 @@ def example_spec(graph_def, input_key: str, tensor_name: str, consumers=None) ->
 
 def describe_meta_graph(meta_graph) -> dict[str, dict[str, dict[str, Any]]]:
     """{signature: {input key: ExampleSpec as a dict}} for every serialized-example input."""
-    from beam_v1 import savedmodel
+    from beam_v1.model import metadata as savedmodel
 
     out: dict[str, dict[str, dict[str, Any]]] = {}
     consumers = _consumers(meta_graph.graph_def)
@@ -212,7 +212,7 @@ def describe_meta_graph(meta_graph) -> dict[str, dict[str, dict[str, Any]]]:
 
 def specs_of_signature(meta_graph, signature: str) -> dict[str, ExampleSpec]:
     """{input key: ExampleSpec} of one signature."""
-    from beam_v1 import savedmodel
+    from beam_v1.model import metadata as savedmodel
 
     sig = savedmodel.signatures(meta_graph)[signature]
     consumers = _consumers(meta_graph.graph_def)
@@ -552,8 +552,8 @@ class ExampleScorer:
 
     def __init__(self, model, signature: str | None = None, input_key: str | None = None,
                  mode: str = "auto", outputs: Iterable[str] | None = None):
-        from beam_v1 import savedmodel
         from beam_v1.errors import BeamV1Error
+        from beam_v1.model import metadata as savedmodel
 
         self.model = model
         self.sig = model.signature(signature)
@@ -679,8 +679,8 @@ def example_input_without_column(meta_graph, signature: str, schema,
     """The ExampleSpec of `signature` when its only input is serialized examples and no
     column feeds it (none of its name, no --map): the features then come from the columns.
     A required feature with no column is a SchemaError (every row would fail)."""
-    from beam_v1 import savedmodel
     from beam_v1.errors import SchemaError
+    from beam_v1.model import metadata as savedmodel
 
     sig = savedmodel.signatures(meta_graph)[signature]
     specs = specs_of_signature(meta_graph, signature)
@@ -710,7 +710,7 @@ def plan_schema(schema, input_key: str):
 
 def scorer_for_columns(model, signature: str, schema, column_map, mode: str, outputs):
     """An ExampleScorer when `signature` is fed from feature columns, else None."""
-    from beam_v1 import savedmodel
+    from beam_v1.model import metadata as savedmodel
 
     meta_graph = savedmodel.select_meta_graph(
         savedmodel.read_saved_model(model.path), list(model.tags)

@@ -100,11 +100,11 @@ class ModelInfo:
     missing_ops: dict[str, list[str]]
     missing_op_reasons: dict[str, str]
     warnings: list[str] = dataclasses.field(default_factory=list)
-    # graph-op audit (beam_v1.audit): ops touching files/processes/Python, assets outside
+    # graph-op audit (beam_v1.model.audit): ops touching files/processes/Python, assets outside
     unsafe_ops: list[Any] = dataclasses.field(default_factory=list)
-    # ops this TensorFlow lost that beam_v1.rewrites replaces at load time: op -> nodes
+    # ops this TensorFlow lost that beam_v1.model.rewrites replaces at load time: op -> nodes
     rewrites: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    # tf.Example feature spec behind each serialized-example input (beam_v1.examples)
+    # tf.Example feature spec behind each serialized-example input (beam_v1.model.examples)
     example_specs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -492,8 +492,8 @@ def inspect(
 ) -> ModelInfo:
     """Describe a TF1 SavedModel without running it (SPEC §2).
 
-    `rewrites=False`: ops beam_v1.rewrites could replace count as missing."""
-    from beam_v1 import ops
+    `rewrites=False`: ops beam_v1.model.rewrites could replace count as missing."""
+    from beam_v1.model import kernels as ops
 
     ops.register_extra_ops(op_libraries, import_modules)
     model_dir = resolve_model_dir(path)
@@ -502,7 +502,7 @@ def inspect(
     missing = ops.missing_ops(mg.graph_def, rewrites=rewrites)
     warnings: list[str] = []
     found_variables = variables(model_dir, mg, warnings)
-    from beam_v1 import audit
+    from beam_v1.model import audit
 
     warnings += audit.file_problems(model_dir, mg)
 
@@ -525,13 +525,13 @@ def inspect(
 
 
 def _rewrites_needed(mg: meta_graph_pb2.MetaGraphDef) -> dict[str, list[str]]:
-    from beam_v1 import rewrites
+    from beam_v1.model import rewrites
 
     return rewrites.needed(mg.graph_def)
 
 
 def _example_specs(mg: meta_graph_pb2.MetaGraphDef) -> dict[str, Any]:
-    from beam_v1 import examples
+    from beam_v1.model import examples
 
     return examples.describe_meta_graph(mg)
 
@@ -600,7 +600,7 @@ def format_model_info(info: ModelInfo) -> str:
         lines += ["", "Rewrites applied at load (ops this TensorFlow lost; --no-rewrites: off)"]
         lines += [f"  {op}: {len(n)} node(s), e.g. {n[0]}" for op, n in info.rewrites.items()]
     if info.example_specs:
-        from beam_v1 import examples
+        from beam_v1.model import examples
 
         lines += ["", "tf.Example inputs"] + examples.format_specs(info.example_specs)
     lines += ["", "Unsafe ops (refused unless --allow-unsafe-ops)"]

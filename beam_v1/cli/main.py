@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Unknown flags are passed to Beam's PipelineOptions "
         "(--runner, --direct_running_mode, --direct_num_workers, --setup_file, ...).",
     )
-    from beam_v1.score_cli import add_score_flags
+    from beam_v1.cli.score import add_score_flags
 
     add_score_flags(score)
     _add_load_flags(score)
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write models' variables to Parquet or .npz, read from their checkpoints",
         description="Unknown flags are passed to Beam's PipelineOptions.",
     )
-    from beam_v1.dump_cli import add_dump_flags
+    from beam_v1.cli.dump import add_dump_flags
 
     add_dump_flags(dump)
 
@@ -121,15 +121,15 @@ def main(argv: Sequence[str] | None = None, *, hard_stop: bool | None = None) ->
         if args.command == "inspect":
             return _inspect(args)
         if args.command == "score":
-            from beam_v1.score_cli import run_score
+            from beam_v1.cli.score import run_score
 
             return run_score(args, extra)
         if args.command == "dump-variables":
-            from beam_v1.dump_cli import run_dump
+            from beam_v1.cli.dump import run_dump
 
             return run_dump(args, extra)
         if args.command == "demo":
-            from beam_v1.demo import run_demo
+            from beam_v1.cli.demo import run_demo
 
             return run_demo(rows=args.rows, workdir=args.workdir)
     except BeamV1Error as e:
@@ -217,7 +217,7 @@ def _stopped_message(how: str) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from beam_v1.savedmodel import inspect
+    from beam_v1.model.metadata import inspect
 
     info = inspect(
         args.model,

@@ -1,9 +1,9 @@
 """Read a TF1 SavedModel's variables straight from its checkpoint, and read dumps back.
 
 Never imports or runs the graph: names, dtypes, shapes, ref/resource and trainable come from
-the MetaGraph's protos (`beam_v1.savedmodel`), values from `variables/variables.index` and
+the MetaGraph's protos (`beam_v1.model.metadata`), values from `variables/variables.index` and
 its data shards through TensorFlow's checkpoint reader. So it works on models whose ops this
-TensorFlow lacks. No Beam here (`beam_v1.dump` holds the transform and the sinks).
+TensorFlow lacks. No Beam here (`beam_v1.variables.dump` holds the transform and the sinks).
 
 Partitioned variables: a TF1 Saver stores a partitioned variable ONCE, under its full name,
 as several slices (one per part). By default it is read back whole (`w`); with
@@ -35,8 +35,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from beam_v1 import checksums, savedmodel, varint
 from beam_v1.errors import ModelFileError
+from beam_v1.io import checksums, varint
+from beam_v1.model import metadata as savedmodel
 
 _log = logging.getLogger(__name__)
 

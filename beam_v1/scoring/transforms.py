@@ -10,10 +10,10 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.utils import shared
 
-from beam_v1 import dofn, preflight
-from beam_v1.dofn import FAILED, SCORED, ScoringConfig
-from beam_v1.parquet_read import ReadParquetRowGroups
-from beam_v1.parquet_write import WriteParquetTables
+from beam_v1.io.parquet_read import ReadParquetRowGroups
+from beam_v1.io.parquet_write import WriteParquetTables
+from beam_v1.scoring import dofn, preflight
+from beam_v1.scoring.dofn import FAILED, SCORED, ScoringConfig
 
 DEFAULT_BATCH_SIZE = 65536
 EXAMPLE_FEEDS = ("auto", "serialize")  # tf.Example signatures fed from feature columns
@@ -86,7 +86,7 @@ class RunV1Inference(beam.PTransform):
             raise ValueError(f"example_feed must be one of {EXAMPLE_FEEDS}, got {example_feed!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        from beam_v1.session import LoadOptions
+        from beam_v1.model.session import LoadOptions
 
         LoadOptions.from_kwargs(**load_options)  # unknown options fail now, not on a worker
         self.config = ScoringConfig(
@@ -114,12 +114,13 @@ class RunV1Inference(beam.PTransform):
         )
         self.config = _replace(self.config, signature=sig.key)
         if schema is not None:
-            from beam_v1 import columns
+            from beam_v1.scoring import columns
 
             shapes = dict(output_shapes or {})
             for key in columns.unknown_rank_outputs(sig, self.config.outputs):
                 shapes.setdefault(key, (-1,))  # workers learn the rank from their first batch
-            from beam_v1 import examples, savedmodel  # tf.Example fed from feature columns
+            from beam_v1 import savedmodel  # tf.Example fed from feature columns
+            from beam_v1.model import examples
 
             spec = examples.example_input_without_column(
                 savedmodel.select_meta_graph(savedmodel.read_saved_model(local), self.config.tags),
@@ -257,7 +258,7 @@ def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
     if table.schema.equals(schema):
         return table
     from beam_v1.errors import SchemaError
-    from beam_v1.session import first_line
+    from beam_v1.model.session import first_line
 
     if sorted(table.column_names) != sorted(schema.names):
         raise SchemaError(

@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from beam_v1 import staging
 from beam_v1.errors import FeedError
-from beam_v1.session import LoadOptions, V1Model, load
+from beam_v1.io import staging
+from beam_v1.model.session import LoadOptions, V1Model, load
 
 _BATCHING_KEYS = (
     "min_batch_size",

@@ -10,7 +10,7 @@ import threading
 from apache_beam.io.filesystems import FileSystems
 
 from beam_v1.errors import ModelFileError
-from beam_v1.files import is_remote, local_path
+from beam_v1.io.files import is_remote, local_path
 
 _log = logging.getLogger(__name__)
 _staged: dict[str, str] = {}

@@ -107,7 +107,7 @@ def _called_functions(node, library: set[str]) -> Iterable[str]:
 
 
 def _roots(mg: meta_graph_pb2.MetaGraphDef) -> list[tuple[str, list[str]]]:
-    from beam_v1 import savedmodel
+    from beam_v1.model import metadata as savedmodel
 
     roots: list[tuple[str, list[str]]] = []
     for key, sig in mg.signature_def.items():
@@ -133,7 +133,7 @@ def audit_graph(mg: meta_graph_pb2.MetaGraphDef) -> list[Finding]:
     functions = {f.signature.name: f for f in graph.library.function}
     library = set(functions)
     asset_nodes = {_node_name(a.tensor_info.name) for a in mg.asset_file_def}
-    from beam_v1 import savedmodel
+    from beam_v1.model import metadata as savedmodel
 
     asset_nodes |= {_node_name(a.tensor_name) for a in savedmodel.assets(mg)}
     findings: dict[str, Finding] = {}
@@ -204,7 +204,7 @@ def audit_graph(mg: meta_graph_pb2.MetaGraphDef) -> list[Finding]:
 
 def audit_assets(mg: meta_graph_pb2.MetaGraphDef, model_dir: str | None) -> list[Finding]:
     """Assets whose file name resolves outside `model_dir/assets` (`../`, absolute, symlink)."""
-    from beam_v1 import savedmodel
+    from beam_v1.model import metadata as savedmodel
 
     if model_dir is None:
         return []
@@ -255,7 +255,7 @@ def check(mg: meta_graph_pb2.MetaGraphDef, model_dir: str, allow_unsafe_ops: boo
 
 def _truncated_shards(prefix: str) -> list[str]:
     """Data shards shorter than the index says (sizes from the index; no tensor is read)."""
-    from beam_v1 import variables
+    from beam_v1.variables import checkpoint as variables
 
     try:
         found = variables.read_index(prefix)
@@ -287,7 +287,7 @@ def file_problems(
     tensors (of `signature_keys`, default all) whose node is not in the graph; data shards
     shorter than the index says.
     """
-    from beam_v1 import savedmodel
+    from beam_v1.model import metadata as savedmodel
 
     problems = []
     prefix = savedmodel.checkpoint_prefix(model_dir)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from beam_v1 import varint
+from beam_v1.io import varint
 
 MAGIC = b"PAR1"
 BIG_VALUE = 1 << 20  # binary values above this are written from their own buffer, not copied
@@ -270,7 +270,7 @@ class ParquetRawWriter:
     """Writes `schema` row groups to `file` (a binary file object; only `write` is used).
 
     `write_bytes(file, value)` writes a big binary value; the default writes `as_bytes(value)`.
-    Give `beam_v1.dump_files.write_bytes` to have mapped checkpoint ranges kernel-copied."""
+    Give `beam_v1.variables.files.write_bytes` to have mapped checkpoint ranges kernel-copied."""
 
     def __init__(self, file, schema, write_bytes: Callable | None = None, created_by: str = ""):
         self._file = file

@@ -10,8 +10,9 @@ data) by model, then makes each model's file: the part is renamed into place whe
 whole model (the usual case: reading and writing run fused in one bundle), else the parts are
 joined. So the data is written once in the usual case, a model that failed part way (a
 corrupt shard found on its 3rd variable) leaves no output file, and neither a Beam element nor
-a worker holds more than a slice or two. Checkpoint reading lives in `beam_v1.variables`, the
-part and final files in `beam_v1.dump_files` (no Beam in either).
+a worker holds more than a slice or two. Checkpoint reading lives in
+`beam_v1.variables.checkpoint`, the part and final files in `beam_v1.variables.files` (no Beam
+in either).
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from beam_v1 import dump_files, files, savedmodel, staging, variables
 from beam_v1.errors import BeamV1Error
+from beam_v1.io import files, staging
+from beam_v1.model import metadata as savedmodel
+from beam_v1.variables import checkpoint as variables
+from beam_v1.variables import files as dump_files
 
 _log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from beam_v1.cli import csv_list
+from beam_v1.cli.main import csv_list
 from beam_v1.errors import BeamV1Error
 
 EXIT_MODEL_FAILED = 1
@@ -49,7 +49,12 @@ def run_dump(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from beam_v1.dump import DumpVariables, WriteVariables, local_dir_for, normal_model_path
+    from beam_v1.variables.dump import (
+        DumpVariables,
+        WriteVariables,
+        local_dir_for,
+        normal_model_path,
+    )
 
     if args.slice_mb <= 0:
         raise BeamV1Error(f"--slice-mb must be positive, got {args.slice_mb}.")

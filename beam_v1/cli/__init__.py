@@ -1,0 +1,1 @@
+"""The beam-v1 command line: inspect, score, dump-variables, demo."""

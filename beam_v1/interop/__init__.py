@@ -1,0 +1,1 @@
+"""Bridges to other APIs: Beam RunInference model handler, weights into native models."""

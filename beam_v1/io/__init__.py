@@ -1,0 +1,1 @@
+"""Files: Beam filesystems, model staging, Parquet and TFRecord reading and writing."""

@@ -1,0 +1,1 @@
+"""Everything about one SavedModel: metadata, kernels, rewrites, audit, session. No Beam."""

@@ -1,0 +1,1 @@
+"""Variables out of checkpoints: reading, the DumpVariables transforms, dump files."""
