@@ -1,7 +1,7 @@
 """tf.Example signatures: feature specs from the graph, and feeding them from Arrow columns.
 
 Every comparison is three-way: the direct feed (parse op outputs fed from columns), the
-serialize path (examples built from columns, parsed by the graph), and the TFX-BSL style
+serialize path (examples built from columns, parsed by the graph), and a Python proto loop
 reference (`tf.train.Example` protos built with TensorFlow's own Python API, or the TFRecord's
 original bytes, fed to the signature's string input with `V1Model.predict`).
 """
@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
+from example_truth import TruthSession, build_parse_model
 
 import beam_v1
 from beam_v1.errors import BeamV1Error
@@ -111,7 +112,7 @@ def fixture_table(n: int = 200, seed: int = 0) -> pa.Table:
 
 
 def tf_examples(table: pa.Table, spec: examples.ExampleSpec) -> list[bytes]:
-    """TFX-BSL style: a `tf.train.Example` per row with TensorFlow's Python API."""
+    """A Python proto loop: a `tf.train.Example` per row with TensorFlow's Python API."""
     out = []
     for row in table.to_pylist():
         features = {}
@@ -378,6 +379,85 @@ def test_score_command_dead_letters_rows_without_a_required_feature(tmp_path):
     assert "'x' is required" in failed.column("error")[0].as_py()
     scored = pq.read_table([str(p) for p in tmp_path.glob("out-0*.parquet")]).sort_by("k")
     np.testing.assert_allclose(np.ravel(scored.column("outputs").to_pylist()), [2.5, 3.5])
+
+
+# ------------------------------------------------- Estimator specs nobody here wrote (issue 14)
+
+
+def tf_truth(model_path: str, rows: list[dict], dtypes: dict[str, str]):
+    """Each row as TensorFlow's own tf.train.Example run alone in a plain Session."""
+    truth = TruthSession(model_path)
+    try:
+        return truth.rows(rows, dtypes)
+    finally:
+        truth.close()
+
+
+def score_both_feeds(model_path: str, table: pa.Table, tmp_path: Path) -> dict:
+    """`score` (ScoreParquet on the DirectRunner) on both feed paths:
+    {feed: (scored table sorted by row_id, failed table sorted by row_id)}."""
+    from beam_v1.cli.score import score
+
+    table = table.append_column("row_id", pa.array(range(table.num_rows), pa.int64()))
+    pq.write_table(table, tmp_path / "in.parquet")
+    results = {}
+    for feed in ("auto", "serialize"):
+        summary = score(model_path, str(tmp_path / "in.parquet"), str(tmp_path / feed),
+                        example_feed=feed, progress=False)
+        assert summary["rows_in"] == table.num_rows == (
+            summary["rows_scored"] + summary["rows_failed"]), summary
+        scored = [str(p) for p in sorted(tmp_path.glob(f"{feed}-0*.parquet"))]
+        failed = [str(p) for p in sorted(tmp_path.glob(f"{feed}-failed-*.parquet"))]
+        results[feed] = (pq.read_table(scored).sort_by("row_id"),
+                         pq.read_table(failed).sort_by("row_id") if failed else None)
+    return results
+
+
+def test_required_numeric_features_score_on_both_feeds(tmp_path):
+    """Issue 14, failure 1: FixedLenFeature([], int64) and ([4], float32) with no default (the
+    plain Estimator export) crashed the direct feed (`np.asarray(None, int64)`)."""
+    model = build_parse_model(
+        str(tmp_path / "m"),
+        {"a": v1.io.FixedLenFeature([], tf.int64), "x": v1.io.FixedLenFeature([4], tf.float32)},
+        lambda f: {"y": tf.cast(f["a"], tf.float32) * 10.0 + tf.reduce_sum(f["x"], 1)})
+    rows = [{"a": i if i != 2 else None, "x": [float(i), 0.5, -1.0, 2.0]} for i in range(6)]
+    table = pa.table({"a": pa.array([r["a"] for r in rows], pa.int64()),
+                      "x": pa.array([r["x"] for r in rows], pa.list_(pa.float32()))})
+    truth = tf_truth(model, rows, {"a": "int64", "x": "float32"})
+    assert truth[2][0] is None and "a" in truth[2][1]  # TF: required and absent
+    for feed, (scored, failed) in score_both_feeds(model, table, tmp_path).items():
+        assert scored.column("row_id").to_pylist() == [0, 1, 3, 4, 5], feed
+        want = np.array([truth[r][0]["y"][0] for r in (0, 1, 3, 4, 5)])
+        np.testing.assert_array_equal(np.asarray(scored.column("y").to_pylist()), want)
+        assert failed.column("row_id").to_pylist() == [2]
+        assert "'a' is required" in failed.column("error")[0].as_py()
+
+
+@pytest.mark.parametrize("v1_op", [False, True], ids=["ParseExampleV2", "ParseExample"])
+def test_var_len_next_to_dense_scores_on_both_feeds(tmp_path, v1_op):
+    """Issue 14, failure 2: VarLenFeature + dense, where the model reduces the sparse tensor
+    (`sparse_reduce_sum`: an output of unknown rank), was refused before the run: "input
+    'examples' (string [-1]) has no column 'examples'"."""
+    model = build_parse_model(
+        str(tmp_path / "m"),
+        {"ids": v1.io.VarLenFeature(tf.int64),
+         "x": v1.io.FixedLenFeature([2], tf.float32, default_value=[1.0, 2.0])},
+        lambda f: {"y": tf.reduce_sum(f["x"], 1)
+                   + tf.cast(v1.sparse_reduce_sum(f["ids"], 1), tf.float32)},
+        v1_op=v1_op)
+    info = beam_v1.inspect(model)
+    spec = info.example_specs["serving_default"]["examples"]
+    assert spec["features"]["ids"]["kind"] == "sparse"
+    rows = [{"ids": [1, 2], "x": [0.5, 1.5]}, {"ids": None, "x": None}, {"ids": [], "x": None},
+            {"ids": [7, 8, 9], "x": [3.0, 4.0]}]
+    table = pa.table({"ids": pa.array([r["ids"] for r in rows], pa.list_(pa.int64())),
+                      "x": pa.array([r["x"] for r in rows], pa.list_(pa.float32()))})
+    truth = tf_truth(model, rows, {"ids": "int64", "x": "float32"})
+    want = np.array([t[0]["y"][0] for t in truth])
+    for feed, (scored, failed) in score_both_feeds(model, table, tmp_path).items():
+        assert failed.num_rows == 0, failed.column("error").to_pylist()
+        assert scored.column("row_id").to_pylist() == [0, 1, 2, 3], feed
+        np.testing.assert_array_equal(np.ravel(scored.column("y").to_pylist()), want)
 
 
 # ------------------------------------------------------------------ TFRecord checksums

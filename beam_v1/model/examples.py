@@ -482,6 +482,16 @@ def direct_feed_blocker(graph_def, spec: ExampleSpec) -> str | None:
     return None
 
 
+def _dense_default(feature: FeatureSpec) -> np.ndarray:
+    """The flat default of a dense feature that has one (strings as bytes)."""
+    if feature.default is None:
+        raise ValueError(f"feature {feature.key!r} is required: it has no default")
+    if feature.dtype == "string":
+        return np.asarray([d if isinstance(d, bytes) else str(d).encode() for d in feature.default],
+                          dtype=object)
+    return np.asarray(feature.default, dtype=feature.dtype)
+
+
 def direct_feeds(
     cols: Mapping[str, _Column], graph_def, spec: ExampleSpec, rows: np.ndarray
 ) -> dict[str, np.ndarray]:
@@ -518,16 +528,10 @@ def direct_feeds(
             else:
                 shape = tuple(f.shape)
                 size = int(np.prod(shape)) if shape else 1
-                default = np.asarray(
-                    f.default if f.dtype != "string" else [
-                        d if isinstance(d, bytes) else str(d).encode() for d in f.default
-                    ] if f.default is not None else [],
-                    dtype=object if f.dtype == "string" else f.dtype,
-                )
                 out = np.empty((n, size), dtype=object if f.dtype == "string" else f.dtype)
                 present = col.present[rows]
-                if (~present).any():
-                    out[~present] = np.broadcast_to(default.reshape(-1), (size,))
+                if (~present).any():  # `feature_columns` set aside absent rows of required ones
+                    out[~present] = np.broadcast_to(_dense_default(f).reshape(-1), (size,))
                 if present.any():
                     out[present] = values.reshape(-1, size)
                 feeds[f.output] = out.reshape((n, *shape))
@@ -657,6 +661,17 @@ class ExampleScorer:
 
 
 # ------------------------------------------------------------------ pipeline glue
+
+
+def learn_output_shapes(scorer: ExampleScorer, sample, probe_rows: int = 8):
+    """Like `preflight.learn_output_shapes` for a signature fed from feature columns: score the
+    first `probe_rows` rows of `sample` with `scorer` (rows that fail are skipped) and return
+    ({output key: (-1,) * rank}, None), or (None, why) when none of them scores."""
+    rows, outputs, bad = scorer.score(sample.slice(0, probe_rows))
+    if not len(rows):
+        return None, "; ".join(sorted(set(bad.values()))[:3]) or "no rows"
+    return {k: (-1,) * outputs[k].ndim for k in scorer.output_keys}, None
+
 
 
 def example_input_without_column(meta_graph, signature: str, schema,

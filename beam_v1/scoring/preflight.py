@@ -189,8 +189,14 @@ def learn_output_shapes(model, sig, schema, sample: pa.Table, plan_kwargs, keys,
     Returns (shapes, None), or (None, why) when no tried row could be fed and scored.
     Used before a run (first rows of the first file) and by workers (first batch of a schema).
     """
+    from beam_v1.model import examples  # a tf.Example signature fed from feature columns
     from beam_v1.scoring.scorer import BatchScorer, _RunFailed
 
+    ex = examples.scorer_for_columns(
+        model, sig.key, schema, plan_kwargs.get("column_map"), "serialize", keys
+    )
+    if ex is not None:
+        return examples.learn_output_shapes(ex, sample, probe_rows)
     # plan with every output's rank taken as "one value per row" to get feeds
     guess = {k: (-1,) for k in keys}
     plan = columns.make_plan(

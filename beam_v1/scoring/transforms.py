@@ -120,8 +120,8 @@ class RunV1Inference(beam.PTransform):
             shapes = dict(output_shapes or {})
             for key in columns.unknown_rank_outputs(sig, self.config.outputs):
                 shapes.setdefault(key, (-1,))  # workers learn the rank from their first batch
-            from beam_v1.model import metadata as savedmodel  # tf.Example fed from feature columns
             from beam_v1.model import examples
+            from beam_v1.model import metadata as savedmodel  # tf.Example fed from feature columns
 
             spec = examples.example_input_without_column(
                 savedmodel.select_meta_graph(savedmodel.read_saved_model(local), self.config.tags),
