@@ -7,7 +7,8 @@ In one process, three ways side by side:
     python benchmarks/bench_examples.py [--rows 200000] [--taxi-copies 250] [--batch 65536]
         [--results benchmarks/out/RESULTS-examples.md]  (then pasted into RESULTS.md)
 
-(direct)      beam_v1.model.examples.ExampleScorer, mode auto: the parse op's outputs fed from columns
+(direct)      beam_v1.model.examples.ExampleScorer, mode auto: the parse op's outputs fed from
+              columns
 (serialize)   ExampleScorer, mode serialize: serialized examples built from the columns
               (per-column encoding, no protobuf object per row), parsed by the graph
 (proto-loop)  a Python proto loop: a `tf.train.Example` per row built with TensorFlow's Python
