@@ -3,10 +3,12 @@ filesystem: one copy per machine, shared by concurrent processes, removed after 
 
 from __future__ import annotations
 
+import collections
 import glob
 import hashlib
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -55,10 +57,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def s3_args(tmp_path_factory):
-    """Beam S3 flags for a moto server started here; the server is stopped with its group."""
+def s3_server(tmp_path_factory):
+    """(Beam S3 flags, request log) of a moto server started here, stopped with its group."""
     port = _free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "server.log", "wb")
+    log_path = tmp_path_factory.mktemp("moto") / "server.log"
+    log = open(log_path, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=log,
@@ -84,7 +87,7 @@ def s3_args(tmp_path_factory):
     ]
     FileSystems.set_options(PipelineOptions(args))
     _client(args).create_bucket(Bucket=BUCKET)
-    yield args
+    yield args, str(log_path)
     FileSystems.set_options(PipelineOptions([]))
     os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -93,6 +96,19 @@ def s3_args(tmp_path_factory):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
     log.close()
+
+
+@pytest.fixture
+def s3_args(s3_server):
+    return s3_server[0]
+
+
+def downloads(s3_server, key: str) -> dict[str, int]:
+    """{file under s3://BUCKET/key: GET requests the server logged for it} (its own log)."""
+    time.sleep(0.5)  # the server logs a request after answering it
+    with open(s3_server[1], errors="replace") as f:
+        found = re.findall(rf"GET /{BUCKET}/{re.escape(key)}/([^ ?]+) HTTP", f.read())
+    return dict(collections.Counter(found))
 
 
 def _client(args):
@@ -202,7 +218,7 @@ def test_missing_remote_model_is_a_clear_error(s3_args, staging_root):
     assert _entries(staging_root) == []
 
 
-def test_big_files_are_copied_in_byte_ranges(s3_args, tmp_path):
+def test_big_files_are_copied_in_byte_ranges(s3_server, s3_args, tmp_path):
     src = tmp_path / "src"
     (src / "variables").mkdir(parents=True)
     rng = np.random.RandomState(5)
@@ -217,13 +233,16 @@ def test_big_files_are_copied_in_byte_ranges(s3_args, tmp_path):
     assert len(big) == 12  # ceil(1.5 MB / 128 KiB) ranges, each read on its own handle
     assert sorted(p[1] for p in big) == list(range(0, 1_500_000, 128 << 10))
     assert sum(p[2] for p in big) == 1_500_000
-    assert _tree_digest(str(dest)) == _tree_digest(str(src))
+    assert _tree_digest(str(dest)) == _tree_digest(str(src))  # "empty" made, never fetched
+    assert downloads(s3_server, "ranges/m") == {"variables/big.data": 12, "small.pb": 1}
 
 
 # ------------------------------------------------------------------ several processes
 
 
-def test_two_processes_copy_once_and_the_last_removes_it(built_models, s3_args, staging_root):
+def test_two_processes_copy_once_and_the_last_removes_it(
+    built_models, s3_server, s3_args, staging_root
+):
     url = upload(s3_args, built_models["mlp"], "shared/mlp")
     ctx = multiprocessing.get_context("spawn")
     ready, go, out = ctx.Barrier(2), ctx.Event(), ctx.Queue()
@@ -246,6 +265,8 @@ def test_two_processes_copy_once_and_the_last_removes_it(built_models, s3_args, 
         for p in procs:
             p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
+    files = _tree_digest(built_models["mlp"])
+    assert downloads(s3_server, "shared/mlp") == {f.replace(os.sep, "/"): 1 for f in files}
     assert _entries(staging_root) == []
 
 
@@ -270,7 +291,7 @@ def test_a_killed_holder_does_not_keep_the_folder(built_models, s3_args, staging
 
 
 @pytest.mark.slow  # two DirectRunner worker processes that import TensorFlow: about 30 s
-def test_score_multi_processing_from_s3(built_models, s3_args, staging_root, tmp_path):
+def test_score_multi_processing_from_s3(built_models, s3_server, s3_args, staging_root, tmp_path):
     local = built_models["mlp"]
     url = upload(s3_args, local, "score/mlp")
     rng = np.random.RandomState(11)
@@ -319,4 +340,9 @@ def test_score_multi_processing_from_s3(built_models, s3_args, staging_root, tmp
     got_scores = np.array(scored["scores"].to_pylist(), dtype=np.float32)
     np.testing.assert_allclose(got_scores, want["scores"], rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(scored["label"].to_numpy(), want["label"])
+    # the launcher copied the model, the two workers reused that copy: one download per file
+    files = _tree_digest(local)
+    assert downloads(s3_server, "score/mlp") == {f.replace(os.sep, "/"): 1 for f in files}
+    reused = re.findall(r"staging: reusing (\S+) for " + re.escape(url), proc.stderr)
+    assert len(reused) == 2 and all(os.path.dirname(d) == str(staging_root) for d in reused)
     assert _entries(staging_root) == []  # every process released: nothing staged is left
