@@ -115,11 +115,13 @@ def score(
 ) -> dict[str, Any]:
     """Run ScoreParquet as a pipeline, wait for it, write and return the summary."""
     import apache_beam as beam
+    from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from beam_v1.scoring.transforms import ScoreParquet
 
     options = PipelineOptions(list(pipeline_args))
+    FileSystems.set_options(options)  # the checks stage the model here with e.g. --s3_endpoint_url
     started = time.perf_counter()
     input_format = kwargs.pop("input_format", "parquet")
     decode_features = kwargs.pop("decode_features", False)

@@ -85,8 +85,8 @@ class V1ModelHandler(ModelHandler[Any, PredictionResult, V1Model]):
     # ------------------------------------------------------------ ModelHandler API
 
     def load_model(self) -> V1Model:
-        local = staging.local_model_dir(self._model_path)
-        model = load(local, tags=self._tags, signature=self._signature, **self._load_options)
+        with staging.staged_model(self._model_path) as local:  # the session needs no files after
+            model = load(local, tags=self._tags, signature=self._signature, **self._load_options)
         model.signature(self._signature)  # an unknown signature fails at load time
         if self._outputs is not None:
             model._output_keys(model.signature(self._signature), self._outputs)

@@ -152,17 +152,16 @@ def read_source(
     """{variable name: ndarray} from a SavedModel, a variables dump, or a dict as is."""
     if isinstance(source, Mapping):
         return {str(k): np.asarray(v) for k, v in source.items()}
-    path = os.fspath(source)
     from beam_v1.io import staging
 
-    path = staging.local_model_dir(path)
-    if _is_saved_model_dir(path):
-        from beam_v1.variables import checkpoint as variables
+    with staging.staged_model(os.fspath(source)) as path:  # removed once the arrays are read
+        if _is_saved_model_dir(path):
+            from beam_v1.variables import checkpoint as variables
 
-        return variables.read_checkpoint(path, tags)
-    from beam_v1.variables.checkpoint import read_variables
+            return variables.read_checkpoint(path, tags)
+        from beam_v1.variables.checkpoint import read_variables
 
-    return read_variables(path, model=model)
+        return read_variables(path, model=model)
 
 
 # ------------------------------------------------------------------ targets

@@ -422,4 +422,9 @@ def load(
     Options: intra_op_threads, inter_op_threads, op_libraries, import_modules,
     allow_unsafe_ops (skip the graph-op audit; see beam_v1.model.audit).
     """
-    return V1Model(path, tags=tags, signature=signature, options=LoadOptions.from_kwargs(**options))
+    from beam_v1.io import staging
+
+    with staging.staged_model(path) as local:  # a remote model's copy is removed once loaded
+        return V1Model(
+            local, tags=tags, signature=signature, options=LoadOptions.from_kwargs(**options)
+        )

@@ -21,6 +21,7 @@ from apache_beam.utils import shared
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
+from beam_v1.io import staging
 from beam_v1.scoring import latency
 
 NAMESPACE = "beam_v1"
@@ -75,11 +76,10 @@ class _SharedModel:
 
 
 def load_shared_model(config: ScoringConfig):
-    from beam_v1.io import staging
     from beam_v1.model.session import load
 
     started = time.perf_counter()
-    local = staging.local_model_dir(config.model)
+    local = config.model  # load stages a remote model; setup..teardown holds the machine's copy
     model = load(local, tags=config.tags, signature=config.signature, **dict(config.load_options))
     _log.info("beam-v1 worker %d loaded %s", os.getpid(), config.model)
     return _SharedModel(model, int((time.perf_counter() - started) * 1000))
@@ -114,6 +114,7 @@ class RunV1InferenceDoFn(beam.DoFn):
         self._batch_latency = Metrics.distribution(NAMESPACE, "batch_latency_ms")
 
     def setup(self) -> None:
+        self._staged = staging.acquire(self._config.model)  # other processes here reuse the copy
         self._holder = self._shared.acquire(
             lambda: load_shared_model(self._config), tag=self._config.cache_key()
         )
@@ -127,6 +128,9 @@ class RunV1InferenceDoFn(beam.DoFn):
         )
 
     def teardown(self) -> None:
+        if getattr(self, "_staged", None) is not None:
+            self._staged = None
+            staging.release(self._config.model)
         executor = getattr(self, "_executor", None)
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)

@@ -134,7 +134,19 @@ class _DumpModelDoFn(beam.DoFn):
     def process(self, path: str):
         path = str(path)
         try:
-            model_dir = savedmodel.resolve_model_dir(staging.local_model_dir(path))
+            staged = staging.acquire(path)  # a remote model's copy is removed once it is read
+        except Exception as e:
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput(FAILED, {"model": path, "error": _reason(e)})
+            return
+        try:
+            yield from self._dump(path, staged)
+        finally:
+            staging.release(path)
+
+    def _dump(self, path: str, staged: str):
+        try:
+            model_dir = savedmodel.resolve_model_dir(staged)
             specs = variables.list_variables(model_dir, self.tags, parts=self.parts)
             if not specs:
                 _log.warning("Model %s declares no variables: nothing to dump.", path)
