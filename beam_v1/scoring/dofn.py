@@ -214,7 +214,7 @@ class RunV1InferenceDoFn(beam.DoFn):
                 )
                 learnt = found is not None
                 shapes.update(found or {k: (-1,) for k in unknown})
-            from beam_v1 import examples  # tf.Example signature fed from feature columns
+            from beam_v1.model import examples  # tf.Example signature fed from feature columns
 
             ex = examples.scorer_for_columns(
                 self._model, sig.key, schema, dict(c.column_map),
