@@ -51,12 +51,13 @@ def test_one_prepare_parses_once_and_every_consumer_reuses_it(built_models, tmp_
     assert metadata.parse_count() == before + 1
     assert isinstance(prepared, PreparedModel)
     assert prepared.signature_key == "serving_default" and prepared.tags == ("serve",)
-    # the same model again, by load, preflight and inspect's strict twin: no parse
-    assert prepare(path) is prepared
+    # the same model again, by load (other session options), preflight and inspect: no parse
+    assert prepare(path).meta_graph is prepared.meta_graph
     assert preflight.check_model(path, None, None, {}).meta_graph is prepared.meta_graph
+    assert beam_v1.inspect(path).signatures == prepared.signatures
     x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
-    with beam_v1.load(path) as model:
-        assert model.prepared is prepared
+    with beam_v1.load(path, intra_op_threads=1) as model:
+        assert model.prepared.meta_graph is prepared.meta_graph
         got = model.predict({"x": x})["scores"]
     assert metadata.parse_count() == before + 1
     np.testing.assert_allclose(got, mlp_reference(x), rtol=1e-5, atol=1e-6)
@@ -106,6 +107,9 @@ def test_cache_follows_saved_model_pb(built_models, tmp_path):
     assert second is not first and list(second.signatures) == ["serving_default"]
     with pytest.raises(SignatureNotFoundError, match=other):
         prepare(path, signature=other)
+    # every signature of one model shares its parse
+    assert prepare(path).signature_key == "serving_default"
+    assert metadata.parse_count() == before + 1
 
 
 def test_file_checks_are_never_served_from_the_cache(built_models, tmp_path):

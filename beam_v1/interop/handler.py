@@ -35,7 +35,6 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from beam_v1.errors import FeedError
-from beam_v1.io import staging
 from beam_v1.model.options import LoadOptions
 from beam_v1.model.prepared import prepare
 from beam_v1.model.session import V1Model
@@ -87,11 +86,11 @@ class V1ModelHandler(ModelHandler[Any, PredictionResult, V1Model]):
     # ------------------------------------------------------------ ModelHandler API
 
     def load_model(self) -> V1Model:
-        local = staging.local_model_dir(self._model_path)
-        model = V1Model(prepare(local, self._tags, self._signature, self._load_options))
+        # prepare stages a remote model once per worker process
+        model = V1Model(prepare(self._model_path, self._tags, self._signature, self._load_options))
         model.signature(self._signature)  # an unknown signature fails at load time
         if self._outputs is not None:
-            model._output_keys(model.signature(self._signature), self._outputs)
+            model.output_keys(model.signature(self._signature), self._outputs)
         return model
 
     def run_inference(

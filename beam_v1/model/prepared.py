@@ -14,13 +14,15 @@ runs, in this one order:
 
 Every consumer takes the result instead of repeating the steps: the session (`V1Model`),
 preflight (`check_model`), `V1Layer`, the tf.Example scorer and `inspect`. With
-`strict=False` (what `inspect` uses) the ops and audit steps record what they find instead of
-raising, no signature has to be choosable, and the file checks are left to the caller
+`strict=False` (what `inspect` uses) missing ops and audit findings are recorded instead of
+raised, no signature has to be choosable, and the file checks are left to the caller
 (`PreparedModel.file_problems`).
 
-Prepared models are cached per process, keyed by the local folder, tags, signature, options
-and saved_model.pb's (mtime_ns, size); the file checks are not cached: `prepare` runs them on
-every call, so deleted or truncated checkpoint files are seen at once.
+The parse, select, ops, rewrites and audit steps are cached per process, keyed by the local
+folder, tags, the op-related options and saved_model.pb's (mtime_ns, size): every signature
+and session option of one model shares them. Choosing the signature and enforcing the
+findings are cheap and run on each call, and so do the file checks, never cached, so deleted
+or truncated checkpoint files are seen at once.
 """
 
 from __future__ import annotations
@@ -59,9 +61,10 @@ class PreparedModel:
         when no default exists).
       rewritten: op -> nodes replaced by `beam_v1.model.rewrites`.
       options: the LoadOptions it was prepared with.
-      strict: whether the ops and audit steps refused (True) or recorded (False).
-      missing_ops: op -> (nodes, reason) this TensorFlow cannot run (strict=False only).
-      findings: audit findings on `meta_graph` (strict=False only: strict refuses them).
+      strict: whether missing ops, findings (unless `options.allow_unsafe_ops`) and file
+        problems were refused (True) or only recorded (False).
+      missing_ops: op -> (nodes, reason) this TensorFlow cannot run (empty when strict).
+      findings: the audit's findings on `meta_graph` (empty when strict, unless allowed).
     """
 
     source: str
@@ -186,49 +189,54 @@ def prepare(
     kernels.register_extra_ops(options.op_libraries, options.import_modules)
     local_dir = resolve(path)
     stat = os.stat(metadata.saved_model_file(local_dir) or local_dir)
-    tags_key = None if tags is None else tuple(metadata.parse_tags(tags))
-    prepared = _prepare_cached(
-        local_dir, tags_key, signature, options, strict, (stat.st_mtime_ns, stat.st_size)
+    graph = _graph(
+        local_dir,
+        None if tags is None else tuple(metadata.parse_tags(tags)),
+        (options.rewrites, options.op_libraries, options.import_modules),
+        (stat.st_mtime_ns, stat.st_size),
     )
-    source = os.fspath(path)
-    if prepared.source != source:  # the same model reached by another spelling of its path
-        prepared = dataclasses.replace(prepared, source=source)
+    try:
+        key: str | None = metadata.default_signature_key(graph.meta_graph, signature)
+    except SignatureNotFoundError:
+        if strict or signature is not None:
+            raise
+        key = None
+    if strict and graph.missing_ops:
+        raise kernels.missing_ops_error(local_dir, dict(graph.missing_ops))
+    if strict and graph.findings and not options.allow_unsafe_ops:
+        raise audit.unsafe_error(local_dir, list(graph.findings))
+    prepared = dataclasses.replace(
+        graph, source=os.fspath(path), signature_key=key, options=options, strict=strict
+    )
     if strict:
         prepared.check_files()
     return prepared
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
-def _prepare_cached(
+def _graph(
     local_dir: str,
     tags: tuple[str, ...] | None,
-    signature: str | None,
-    options: LoadOptions,
-    strict: bool,
+    ops_key: tuple[bool, tuple[str, ...], tuple[str, ...]],
     stamp: tuple[int, int],  # saved_model.pb's (mtime_ns, size): a changed file is a new key
 ) -> PreparedModel:
+    """The parse, select, ops, rewrites and audit steps, recorded (prepare enforces them).
+
+    Cached: one parse per model, tag set and op-related options (`ops_key`: rewrites, op
+    libraries, modules) in a process; the signature and the rest of the options only pick
+    and enforce, so every signature of a model shares one parse, one rewrite and one audit.
+    """
+    options = LoadOptions(rewrites=ops_key[0], op_libraries=ops_key[1], import_modules=ops_key[2])
     saved_model = metadata.read_saved_model(local_dir)
     meta_graph = metadata.select_meta_graph(saved_model, tags)
     if len(saved_model.meta_graphs) > 1:  # keep only the chosen MetaGraph alive in the cache
         chosen = meta_graph_pb2.MetaGraphDef()
         chosen.CopyFrom(meta_graph)
         meta_graph = chosen
-    try:
-        key: str | None = metadata.default_signature_key(meta_graph, signature)
-    except SignatureNotFoundError:
-        if strict or signature is not None:
-            raise
-        key = None
     missing = check_ops(meta_graph, options)
-    if missing and strict:
-        raise kernels.missing_ops_error(local_dir, missing)
     meta_graph, rewritten = apply_rewrites(meta_graph, options)
-    findings: list[Finding] = []
-    if not (strict and options.allow_unsafe_ops):
-        # the rewritten graph: what a session will import; nothing of the model has run yet
-        findings = audit.audit(meta_graph, local_dir)
-        if findings and strict:
-            raise audit.unsafe_error(local_dir, findings)
+    # the rewritten graph: what a session will import; nothing of the model has run yet
+    findings = audit.audit(meta_graph, local_dir)
     return PreparedModel(
         source=local_dir,
         local_dir=local_dir,
@@ -236,15 +244,15 @@ def _prepare_cached(
         tags=tuple(meta_graph.meta_info_def.tags),
         tag_sets=tuple(metadata.tag_sets(saved_model)),
         signatures=metadata.signatures(meta_graph),
-        signature_key=key,
+        signature_key=None,
         rewritten=rewritten,
         options=options,
-        strict=strict,
-        missing_ops={} if strict else missing,
-        findings=() if strict else tuple(findings),
+        strict=False,
+        missing_ops=missing,
+        findings=tuple(findings),
     )
 
 
 def clear_cache() -> None:
     """Forget every prepared model of this process."""
-    _prepare_cached.cache_clear()
+    _graph.cache_clear()

@@ -188,7 +188,7 @@ class V1Model:
         if self._closed:
             raise BeamV1Error(f"{self!r} is closed; load the model again to predict.")
         sig = self.signature(signature)
-        output_keys = self._output_keys(sig, outputs)
+        output_keys = self.output_keys(sig, outputs)
         tensor_values = self._check_feeds(sig, feeds)
         run = self._callable(sig.key, tuple(tensor_values), output_keys)
         results = run(*tensor_values.values())
@@ -222,7 +222,8 @@ class V1Model:
 
     # ------------------------------------------------------------------ feeding
 
-    def _output_keys(self, sig: SignatureInfo, outputs: Sequence[str] | None) -> tuple[str, ...]:
+    def output_keys(self, sig: SignatureInfo, outputs: Sequence[str] | None) -> tuple[str, ...]:
+        """`outputs` checked against `sig` (default: all its outputs)."""
         if outputs is None:
             return tuple(sig.outputs)
         unknown = [k for k in outputs if k not in sig.outputs]
