@@ -1,7 +1,7 @@
 """PreparedModel: a SavedModel read once and checked, before anything of it runs.
 
 In the manner of TensorFlow's `SavedModelLoader` (parse once, then small steps), `prepare`
-runs, in this one order:
+takes these steps, and refuses a model at the first that fails, in this one order:
 
     resolve   a TF Serving base folder -> its highest version; a remote path is staged first
     parse     saved_model.pb / .pbtxt, once (`metadata.read_saved_model`)
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -42,7 +41,6 @@ from beam_v1.model.audit import Finding
 from beam_v1.model.metadata import SignatureInfo
 from beam_v1.model.options import LoadOptions
 
-_log = logging.getLogger(__name__)
 _CACHE_SIZE = 8
 
 
