@@ -15,8 +15,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "inspect": "beam_v1.model.metadata",
-    "ModelInfo": "beam_v1.model.metadata",
+    "inspect": "beam_v1.model.inspect",
+    "ModelInfo": "beam_v1.model.inspect",
     "load": "beam_v1.model.session",
     "V1Model": "beam_v1.model.session",
     "RunV1Inference": "beam_v1.scoring.transforms",

@@ -49,9 +49,10 @@ What is supported:
   with `model.save("m.keras")` stores only that config (no weights of the v1 model), and
   `keras.saving.load_model("m.keras")` re-imports the SavedModel from `path`, which must still
   be readable there. The class is registered as `beam_v1>V1Layer`.
-- audited like `beam_v1.load` (SPEC §7, `beam_v1.model.audit`): a graph whose run would touch files,
-  processes or Python is refused before anything is imported or run, unless
-  `allow_unsafe_ops=True`.
+- prepared like `beam_v1.load` (`beam_v1.model.prepared`): the same op check, rewrites, audit
+  (SPEC §7: a graph whose run would touch files, processes or Python is refused before
+  anything is imported or run, unless `allow_unsafe_ops=True`) and file checks (a missing
+  checkpoint index or data shard is refused with ModelFileError).
 """
 
 from __future__ import annotations
@@ -62,11 +63,12 @@ from typing import Any
 
 import keras
 import tensorflow as tf
+from tensorflow.python.saved_model import load_v1_in_v2, path_helpers
 
 from beam_v1.errors import FeedError, SignatureNotFoundError
-from beam_v1.io import staging
-from beam_v1.model import kernels as ops
 from beam_v1.model import metadata as savedmodel
+from beam_v1.model.options import LoadOptions
+from beam_v1.model.prepared import PreparedModel, prepare
 
 _log = logging.getLogger(__name__)
 
@@ -82,43 +84,30 @@ class _Imported:
         self.eager = None  # a tf.function around the pruned call, made on first eager use
 
 
-def _import(
-    path: str,
-    tags,
-    signature: str | None,
-    outputs: Sequence[str] | None,
-    allow_unsafe_ops: bool = False,
-    rewrites: bool = True,
-):
-    from tensorflow.python.saved_model import load_v1_in_v2
+class _Loader(load_v1_in_v2._EagerSavedModelLoader):
+    """TensorFlow's v1-in-v2 loader on a PreparedModel's MetaGraph, signatures skipped."""
 
-    class _Loader(load_v1_in_v2._EagerSavedModelLoader):
-        chosen = None  # the (possibly rewritten) MetaGraphDef to import
+    def __init__(self, prepared: PreparedModel):
+        # SavedModelLoader.__init__ would parse saved_model.pb again: `prepared` holds it
+        self._export_dir = prepared.local_dir
+        self._variables_path = path_helpers.get_variables_path(prepared.local_dir)
+        self._saved_model = None
+        self.chosen = prepared.meta_graph
 
-        def get_meta_graph_def_from_tags(self, tags):
-            copy = type(self.chosen)()
-            copy.CopyFrom(self.chosen)  # load() edits it in place
-            return copy
+    def get_meta_graph_def_from_tags(self, tags):
+        copy = type(self.chosen)()
+        copy.CopyFrom(self.chosen)  # load() edits it in place
+        return copy
 
-        def _extract_signatures(self, wrapped, meta_graph_def):
-            return {}  # we prune only the signature asked for, our way
+    def _extract_signatures(self, wrapped, meta_graph_def):
+        return {}  # we prune only the signature asked for, our way
 
-    saved_model = savedmodel.read_saved_model(path)
-    meta_graph = savedmodel.select_meta_graph(saved_model, tags)
-    chosen_tags = list(meta_graph.meta_info_def.tags)
-    key = savedmodel.default_signature_key(meta_graph, signature)
-    sig = savedmodel.signatures(meta_graph)[key]
-    missing = ops.missing_ops(meta_graph.graph_def, rewrites=rewrites)
-    if missing:
-        raise ops.missing_ops_error(path, missing)
-    if rewrites:  # ops TensorFlow 2 lost, replaced as beam_v1.load does (beam_v1.model.rewrites)
-        from beam_v1.model import rewrites as _rewrites
 
-        meta_graph, _ = _rewrites.rewrite_meta_graph(meta_graph)
-    from beam_v1.model import audit
-
-    # SPEC §7: refuse graphs that touch files, processes or Python before anything runs
-    audit.check(meta_graph, path, allow_unsafe_ops)
+def _import(prepared: PreparedModel, outputs: Sequence[str] | None):
+    """Import `prepared`'s (rewritten, audited) MetaGraph and prune its chosen signature."""
+    sig = prepared.signature()
+    key = sig.key
+    chosen_tags = list(prepared.tags)
     for spec in sig.inputs.values():
         if spec.encoding != "dense":
             raise FeedError(
@@ -135,9 +124,7 @@ def _import(
                 f"Output(s) {unknown} are not in signature {key!r}; its outputs are "
                 f"{list(sig.outputs)}."
             )
-    loader = _Loader(path)
-    loader.chosen = meta_graph
-    root = loader.load(tags=chosen_tags)
+    root = _Loader(prepared).load(tags=chosen_tags)
     graph = root.graph
     feed_keys: list[str] = []
     feed_tensors = []
@@ -198,12 +185,10 @@ class V1Layer(keras.layers.Layer):
         self.signature_key_arg = signature
         self.tags_arg = list(tags) if tags is not None else None
         self.outputs_arg = list(outputs) if outputs is not None else None
-        local = savedmodel.resolve_model_dir(staging.local_model_dir(path))
         self.allow_unsafe_ops = bool(allow_unsafe_ops)
         self.rewrites = bool(rewrites)
-        sig, chosen_tags, imported = _import(
-            local, tags, signature, outputs, allow_unsafe_ops, rewrites
-        )
+        options = LoadOptions(allow_unsafe_ops=self.allow_unsafe_ops, rewrites=self.rewrites)
+        sig, chosen_tags, imported = _import(prepare(path, tags, signature, options), outputs)
         self.signature_info = sig
         self.signature_key = sig.key
         self.model_tags = tuple(chosen_tags)

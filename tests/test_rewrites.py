@@ -20,7 +20,6 @@ from tensorflow.core.framework import graph_pb2, types_pb2
 import beam_v1
 from beam_v1.errors import MissingOpsError
 from beam_v1.model import examples as examples_mod
-from beam_v1.model import kernels as ops
 from beam_v1.model import metadata as savedmodel
 from beam_v1.model import rewrites
 
@@ -90,8 +89,8 @@ def bucketize_graph_def(dtype: tf.DType, shape) -> graph_pb2.GraphDef:
 
 def test_bucketize_with_input_boundaries_is_lost_and_rewritable():
     graph_def = bucketize_graph_def(tf.float32, [None])
-    assert "BucketizeWithInputBoundaries" in ops.missing_ops(graph_def, rewrites=False)
-    assert "BucketizeWithInputBoundaries" not in ops.missing_ops(graph_def)
+    assert "BucketizeWithInputBoundaries" in rewrites.missing_ops(graph_def, rewrites=False)
+    assert "BucketizeWithInputBoundaries" not in rewrites.missing_ops(graph_def)
     assert rewrites.needed(graph_def) == {"BucketizeWithInputBoundaries": ["bucketize"]}
 
 
@@ -154,9 +153,9 @@ def boosted_graph_def(num_features: int) -> graph_pb2.GraphDef:
 
 def test_boosted_trees_bucketize_has_no_kernel_and_is_rewritable():
     graph_def = boosted_graph_def(1)
-    missing = ops.missing_ops(graph_def, rewrites=False)
+    missing = rewrites.missing_ops(graph_def, rewrites=False)
     assert missing["BoostedTreesBucketize"][1] == "registered, but no CPU kernel"
-    assert ops.missing_ops(graph_def) == {}
+    assert rewrites.missing_ops(graph_def) == {}
     assert rewrites.needed(graph_def) == {"BoostedTreesBucketize": ["bucketize"]}
 
 

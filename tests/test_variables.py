@@ -21,6 +21,7 @@ import tensorflow as tf
 from beam_v1.cli import main as cli
 from beam_v1.errors import ModelFileError
 from beam_v1.model import metadata as savedmodel
+from beam_v1.model.inspect import inspect
 from beam_v1.variables.checkpoint import (
     CheckpointReader,
     list_variables,
@@ -227,7 +228,7 @@ def test_corpus_partitioned_parts_and_metadata():
     ckpt = _ckpt_values(model)
     np.testing.assert_array_equal(values["linear/a/weights/part_0"], ckpt["linear/a/weights"])
     # consistent with `beam-v1 inspect`
-    assert [v.name for v in savedmodel.inspect(model).variables] == sorted(whole)
+    assert [v.name for v in inspect(model).variables] == sorted(whole)
 
 
 # --------------------------------------------------------------------- fixtures

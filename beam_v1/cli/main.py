@@ -233,7 +233,7 @@ def _stopped_message(how: str) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from beam_v1.model.metadata import inspect
+    from beam_v1.model.inspect import inspect
 
     info = inspect(
         args.model,

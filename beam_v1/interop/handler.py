@@ -36,7 +36,9 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from beam_v1.errors import FeedError
 from beam_v1.io import staging
-from beam_v1.model.session import LoadOptions, V1Model, load
+from beam_v1.model.options import LoadOptions
+from beam_v1.model.prepared import prepare
+from beam_v1.model.session import V1Model
 
 _BATCHING_KEYS = (
     "min_batch_size",
@@ -74,22 +76,22 @@ class V1ModelHandler(ModelHandler[Any, PredictionResult, V1Model]):
         **kwargs: Any,
     ):
         beam_kwargs = {k: kwargs.pop(k) for k in _BATCHING_KEYS if k in kwargs}
-        LoadOptions.from_kwargs(**dict(kwargs))  # unknown options fail here, not on a worker
+        options = LoadOptions.of(**kwargs)  # unknown options fail here, not on a worker
         super().__init__(**beam_kwargs)
         self._model_path = model
         self._signature = signature
         self._tags = tags
         self._outputs = tuple(outputs) if outputs is not None else None
-        self._load_options = kwargs
+        self._load_options = options
 
     # ------------------------------------------------------------ ModelHandler API
 
     def load_model(self) -> V1Model:
         with staging.staged_model(self._model_path) as local:  # the session needs no files after
-            model = load(local, tags=self._tags, signature=self._signature, **self._load_options)
+            model = V1Model(prepare(local, self._tags, self._signature, self._load_options))
         model.signature(self._signature)  # an unknown signature fails at load time
         if self._outputs is not None:
-            model._output_keys(model.signature(self._signature), self._outputs)
+            model.output_keys(model.signature(self._signature), self._outputs)
         return model
 
     def run_inference(

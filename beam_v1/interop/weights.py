@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from beam_v1.errors import BeamV1Error
+from beam_v1.errors import BeamV1Error, ModelFileError
 
 Mapping_ = Mapping[str, str] | Callable[[str], str | None] | Sequence[tuple[str, str]] | None
 
@@ -134,8 +134,7 @@ def assign_variables(
 def _is_saved_model_dir(path: str) -> bool:
     if not os.path.isdir(path):
         return False
-    from beam_v1.errors import ModelFileError
-    from beam_v1.model import metadata as savedmodel
+    from beam_v1.model import metadata as savedmodel  # deferred: it starts TensorFlow
 
     try:
         savedmodel.resolve_model_dir(path)
@@ -152,16 +151,13 @@ def read_source(
     """{variable name: ndarray} from a SavedModel, a variables dump, or a dict as is."""
     if isinstance(source, Mapping):
         return {str(k): np.asarray(v) for k, v in source.items()}
-    from beam_v1.io import staging
+    from beam_v1.io import staging  # deferred, as the one below: Beam and TensorFlow start-up
+    from beam_v1.variables import checkpoint
 
     with staging.staged_model(os.fspath(source)) as path:  # removed once the arrays are read
         if _is_saved_model_dir(path):
-            from beam_v1.variables import checkpoint as variables
-
-            return variables.read_checkpoint(path, tags)
-        from beam_v1.variables.checkpoint import read_variables
-
-        return read_variables(path, model=model)
+            return checkpoint.read_checkpoint(path, tags)
+        return checkpoint.read_variables(path, model=model)
 
 
 # ------------------------------------------------------------------ targets

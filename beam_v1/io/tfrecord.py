@@ -225,8 +225,6 @@ class ScoreTFRecord(beam.PTransform):
         **load_options,
     ):
         super().__init__()
-        from beam_v1.model import examples
-        from beam_v1.model import metadata as savedmodel
         from beam_v1.scoring import columns, dofn, preflight
 
         self.model = str(model)
@@ -244,10 +242,11 @@ class ScoreTFRecord(beam.PTransform):
             raise BeamV1Error("--map does not apply to TFRecord input: the records feed the "
                               "signature's serialized-example input.")
         self.tags = dofn.freeze_list(tags)
-        local, sig, required = preflight.check_model(self.model, self.tags, signature, load_options)
+        prepared = preflight.check_model(self.model, self.tags, signature, load_options)
+        local, sig = prepared.local_dir, prepared.signature()
+        required = list(sig.inputs)
         self.signature = sig.key
-        meta_graph = savedmodel.select_meta_graph(savedmodel.read_saved_model(local), self.tags)
-        specs = examples.specs_of_signature(meta_graph, sig.key)
+        specs = prepared.example_specs(sig.key)
         if len(specs) != 1:
             raise BeamV1Error(
                 f"Signature {sig.key!r} has {len(specs)} serialized tf.Example inputs; TFRecord "

@@ -553,15 +553,11 @@ class ExampleScorer:
     def __init__(self, model, signature: str | None = None, input_key: str | None = None,
                  mode: str = "auto", outputs: Iterable[str] | None = None):
         from beam_v1.errors import BeamV1Error
-        from beam_v1.model import metadata as savedmodel
 
         self.model = model
         self.sig = model.signature(signature)
-        meta_graph = savedmodel.select_meta_graph(
-            savedmodel.read_saved_model(model.path), list(model.tags)
-        )
-        self.graph_def = meta_graph.graph_def
-        specs = specs_of_signature(meta_graph, self.sig.key)
+        self.graph_def = model.prepared.meta_graph.graph_def  # the graph the session runs
+        specs = model.prepared.example_specs(self.sig.key)
         if not specs:
             raise BeamV1Error(f"Signature {self.sig.key!r} has no serialized tf.Example input.")
         if input_key is None:
@@ -710,12 +706,7 @@ def plan_schema(schema, input_key: str):
 
 def scorer_for_columns(model, signature: str, schema, column_map, mode: str, outputs):
     """An ExampleScorer when `signature` is fed from feature columns, else None."""
-    from beam_v1.model import metadata as savedmodel
-
-    meta_graph = savedmodel.select_meta_graph(
-        savedmodel.read_saved_model(model.path), list(model.tags)
-    )
-    spec = example_input_without_column(meta_graph, signature, schema, column_map)
+    spec = example_input_without_column(model.prepared.meta_graph, signature, schema, column_map)
     if spec is None:
         return None
     return ExampleScorer(model, signature, spec.input_key, mode=mode, outputs=outputs)

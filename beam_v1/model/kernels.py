@@ -1,25 +1,30 @@
-"""Which ops a graph needs that this TensorFlow cannot run, and loading extra op libraries."""
+"""Which ops a graph needs that this TensorFlow cannot run, and loading extra op libraries.
+
+A leaf: it knows TensorFlow's registries, not the rest of beam-v1 (rewrites pass in the ops
+they replace).
+"""
 
 from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
+import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
+from tensorflow.python.framework import kernels as tf_kernels
+from tensorflow.python.framework import op_def_registry
 
 from beam_v1.errors import BeamV1Error, MissingOpsError
 
 _log = logging.getLogger(__name__)
-_loaded: set[str] = set()
+_loaded: set[tuple[str, str]] = set()
 
 
 def register_extra_ops(
     op_libraries: Sequence[str] = (), import_modules: Sequence[str] = ()
 ) -> None:
     """Load op libraries (`tf.load_op_library`) and import op-registering modules, once each."""
-    import tensorflow as tf
-
     for module in import_modules:
         if ("module", module) in _loaded:
             continue
@@ -40,29 +45,26 @@ def register_extra_ops(
         _loaded.add(("library", library))
 
 
-def _op_status(op: str) -> str | None:
+def op_status(op: str) -> str | None:
     """None when this TensorFlow can run `op` on CPU, else why not."""
-    from tensorflow.python.framework import kernels, op_def_registry
-
     if op_def_registry.get(op) is None:
         return "no op registered"
-    kernel_list = kernels.get_registered_kernels_for_op(op)
+    kernel_list = tf_kernels.get_registered_kernels_for_op(op)
     if not any(k.device_type in ("CPU", "DEFAULT") for k in kernel_list.kernel):
         return "registered, but no CPU kernel"
     return None
 
 
 def missing_ops(
-    graph_def: graph_pb2.GraphDef, rewrites: bool = True
+    graph_def: graph_pb2.GraphDef, replaceable: Collection[str] = ()
 ) -> dict[str, tuple[list[str], str]]:
     """Ops of the graph and its function library that cannot run here: op -> (nodes, reason).
 
-    With `rewrites`, a lost op that `beam_v1.model.rewrites` can replace (in top-level nodes) is not
-    counted as missing; see `beam_v1.model.rewrites.needed`.
+    An op in `replaceable` (one a rewrite will replace in top-level nodes; see
+    `beam_v1.model.rewrites.missing_ops`) is not counted as missing unless a function of the
+    library uses it, since rewrites reach top-level nodes only.
     """
-    from beam_v1.model import rewrites as _rewrites
-
-    rewritable = set(_rewrites.needed(graph_def)) if rewrites else set()
+    rewritable = set(replaceable)
     functions = {f.signature.name for f in graph_def.library.function}
     users: dict[str, list[str]] = {}
     for node in graph_def.node:
@@ -74,7 +76,7 @@ def missing_ops(
     for op in sorted(users):
         if op in functions:
             continue
-        reason = _op_status(op)
+        reason = op_status(op)
         in_functions = any(n.startswith(f + "/") for n in users[op] for f in functions)
         if reason is not None and not (op in rewritable and not in_functions):
             missing[op] = (users[op], reason)

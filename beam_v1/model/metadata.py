@@ -1,22 +1,23 @@
 """Read a TF1 SavedModel's metadata without running its graph.
 
-Everything here works from `saved_model.pb` / `saved_model.pbtxt` and the
-checkpoint index alone: tag sets, signatures, variables, assets, the init op and
-the ops this TensorFlow lacks.
+Everything here works from `saved_model.pb` / `saved_model.pbtxt` and the checkpoint index
+alone: the model folder, the parsed proto, tag sets, signatures, variables, assets and the
+init op. `beam_v1.model.prepared` strings these steps together; `beam_v1.model.inspect`
+describes a model with them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import itertools
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from google.protobuf import message, text_format
-from tensorflow.core.framework import types_pb2
+from tensorflow.core.framework import types_pb2, variable_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.python.training import py_checkpoint_reader
 
 from beam_v1.errors import ModelFileError, SignatureNotFoundError, TagsNotFoundError
 
@@ -29,6 +30,8 @@ _INIT_OP_COLLECTIONS = ("saved_model_main_op", "main_op", "legacy_init_op")
 _TABLE_INIT_COLLECTION = "table_initializer"
 _ASSETS_COLLECTION = "saved_model_assets"
 _VARIABLE_OPS = {"VariableV2": "ref", "Variable": "ref", "VarHandleOp": "resource"}
+_parses = itertools.count()
+_parsed = 0
 
 
 # --------------------------------------------------------------------------- data
@@ -85,38 +88,6 @@ class AssetInfo:
     filename: str
 
 
-@dataclasses.dataclass
-class ModelInfo:
-    """What `beam_v1.inspect` returns."""
-
-    path: str
-    tags: tuple[str, ...]
-    tag_sets: list[tuple[str, ...]]
-    tensorflow_version: str
-    signatures: dict[str, SignatureInfo]
-    variables: list[VariableInfo]
-    assets: list[AssetInfo]
-    init_ops: dict[str, list[str]]
-    missing_ops: dict[str, list[str]]
-    missing_op_reasons: dict[str, str]
-    warnings: list[str] = dataclasses.field(default_factory=list)
-    # graph-op audit (beam_v1.model.audit): ops touching files/processes/Python, assets outside
-    unsafe_ops: list[Any] = dataclasses.field(default_factory=list)
-    # ops this TensorFlow lost that beam_v1.model.rewrites replaces at load time: op -> nodes
-    rewrites: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    # tf.Example feature spec behind each serialized-example input (beam_v1.model.examples)
-    example_specs: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    def to_text(self) -> str:
-        return format_model_info(self)
-
-
 # ------------------------------------------------------------------ reading files
 
 
@@ -134,12 +105,12 @@ def resolve_model_dir(path: str) -> str:
             f"Model path {path!r} is a file; give the SavedModel directory "
             "(the folder holding saved_model.pb)."
         )
-    if _saved_model_file(path):
+    if saved_model_file(path):
         return path
     versions = sorted(
         (int(name), name)
         for name in os.listdir(path)
-        if name.isdigit() and _saved_model_file(os.path.join(path, name))
+        if name.isdigit() and saved_model_file(os.path.join(path, name))
     )
     if versions:
         chosen = os.path.join(path, versions[-1][1])
@@ -153,7 +124,8 @@ def resolve_model_dir(path: str) -> str:
     )
 
 
-def _saved_model_file(path: str) -> str | None:
+def saved_model_file(path: str) -> str | None:
+    """`saved_model.pb` (else `saved_model.pbtxt`) in the folder `path`, or None."""
     for name in ("saved_model.pb", "saved_model.pbtxt"):
         candidate = os.path.join(path, name)
         if os.path.isfile(candidate):
@@ -162,9 +134,11 @@ def _saved_model_file(path: str) -> str | None:
 
 
 def read_saved_model(path: str) -> saved_model_pb2.SavedModel:
-    """Parse `saved_model.pb` or `saved_model.pbtxt` under `path`."""
+    """Parse `saved_model.pb` or `saved_model.pbtxt` under `path` (counted: `parse_count`)."""
+    global _parsed
+    _parsed = next(_parses) + 1
     model_dir = resolve_model_dir(path)
-    file_path = _saved_model_file(model_dir)
+    file_path = saved_model_file(model_dir)
     assert file_path is not None
     saved_model = saved_model_pb2.SavedModel()
     try:
@@ -184,11 +158,17 @@ def read_saved_model(path: str) -> saved_model_pb2.SavedModel:
     return saved_model
 
 
+def parse_count() -> int:
+    """How many times this process has parsed a saved_model.pb/.pbtxt (`read_saved_model`)."""
+    return _parsed
+
+
 def tag_sets(saved_model: saved_model_pb2.SavedModel) -> list[tuple[str, ...]]:
     return [tuple(mg.meta_info_def.tags) for mg in saved_model.meta_graphs]
 
 
-def _fmt_tags(tags: Iterable[str]) -> str:
+def format_tags(tags: Iterable[str]) -> str:
+    """Tags as the command line takes them: `a,b` (or `(no tags)`)."""
     return ",".join(tags) or "(no tags)"
 
 
@@ -197,7 +177,7 @@ def select_meta_graph(
 ) -> meta_graph_pb2.MetaGraphDef:
     """The MetaGraph for `tags`; default: the only tag set, else `serve`."""
     available = tag_sets(saved_model)
-    listing = "; ".join(_fmt_tags(t) for t in available)
+    listing = "; ".join(format_tags(t) for t in available)
     if tags is None:
         if len(available) == 1:
             if set(available[0]) != {DEFAULT_TAG}:
@@ -205,8 +185,8 @@ def select_meta_graph(
                     "The model has no MetaGraph tagged only %r; using its only tag set %s "
                     "(pass --tags %s to say so explicitly).",
                     DEFAULT_TAG,
-                    _fmt_tags(available[0]),
-                    _fmt_tags(available[0]),
+                    format_tags(available[0]),
+                    format_tags(available[0]),
                 )
             return saved_model.meta_graphs[0]
         tags = [DEFAULT_TAG]
@@ -215,7 +195,7 @@ def select_meta_graph(
         if set(mg.meta_info_def.tags) == wanted:
             return mg
     raise TagsNotFoundError(
-        f"No MetaGraph has the tag set {_fmt_tags(sorted(wanted))}. The model's tag sets "
+        f"No MetaGraph has the tag set {format_tags(sorted(wanted))}. The model's tag sets "
         f"are: {listing}. Pass one of them with --tags (API: tags=[...])."
     )
 
@@ -224,6 +204,11 @@ def parse_tags(tags: Sequence[str] | str) -> list[str]:
     if isinstance(tags, str):
         return [t.strip() for t in tags.split(",") if t.strip()]
     return list(tags)
+
+
+def node_name(input_name: str) -> str:
+    """'^a' / 'a:1' / 'a' -> 'a' (graph inputs); function inputs 'a:out:0' -> 'a'."""
+    return input_name.lstrip("^").split(":")[0]
 
 
 def signature_keys(mg: meta_graph_pb2.MetaGraphDef) -> list[str]:
@@ -363,9 +348,8 @@ def init_ops(mg: meta_graph_pb2.MetaGraphDef) -> dict[str, list[str]]:
     return found
 
 
-def _variable_defs(mg: meta_graph_pb2.MetaGraphDef, key: str) -> list:
-    from tensorflow.core.framework import variable_pb2
-
+def variable_defs(mg: meta_graph_pb2.MetaGraphDef, key: str) -> list[variable_pb2.VariableDef]:
+    """The VariableDefs of collection `key` (undecodable entries skipped)."""
     collection = mg.collection_def.get(key)
     found = []
     for raw in collection.bytes_list.value if collection is not None else ():
@@ -382,7 +366,7 @@ def _partitions(mg: meta_graph_pb2.MetaGraphDef) -> dict[str, list[str]]:
     """Full variable name -> its part variables' names, from save-slice info."""
     parts: dict[str, list[str]] = {}
     for key in ("variables", "local_variables", "model_variables"):
-        for var in _variable_defs(mg, key):
+        for var in variable_defs(mg, key):
             if var.HasField("save_slice_info_def"):
                 name = var.variable_name.split(":")[0]
                 full = parts.setdefault(var.save_slice_info_def.full_name, [])
@@ -391,9 +375,10 @@ def _partitions(mg: meta_graph_pb2.MetaGraphDef) -> dict[str, list[str]]:
     return parts
 
 
-def _trainable_names(mg: meta_graph_pb2.MetaGraphDef) -> set[str]:
+def trainable_names(mg: meta_graph_pb2.MetaGraphDef) -> set[str]:
+    """Names in the trainable_variables collection (parts and their full variables)."""
     names = set()
-    for var in _variable_defs(mg, "trainable_variables"):
+    for var in variable_defs(mg, "trainable_variables"):
         names.add(var.variable_name.split(":")[0])
         if var.HasField("save_slice_info_def"):
             names.add(var.save_slice_info_def.full_name)
@@ -423,8 +408,6 @@ def checkpoint_variables(model_dir: str) -> dict[str, tuple[str, tuple[int, ...]
     index = prefix + ".index"
     if not os.path.isfile(index):
         return None
-    from tensorflow.python.training import py_checkpoint_reader
-
     try:
         reader = py_checkpoint_reader.NewCheckpointReader(prefix)
     except Exception as e:  # TensorFlow raises several types for a bad index
@@ -450,7 +433,7 @@ def variables(
             raise
         warnings.append(str(e))
         in_ckpt = {}
-    trainable = _trainable_names(mg)
+    trainable = trainable_names(mg)
     has_collections = "trainable_variables" in mg.collection_def
     partitions = _partitions(mg)
     part_names = {p for parts in partitions.values() for p in parts}
@@ -480,133 +463,3 @@ def variables(
             )
         )
     return result
-
-
-def inspect(
-    path: str,
-    tags: Sequence[str] | str | None = None,
-    *,
-    op_libraries: Sequence[str] = (),
-    import_modules: Sequence[str] = (),
-    rewrites: bool = True,
-) -> ModelInfo:
-    """Describe a TF1 SavedModel without running it (SPEC §2).
-
-    `rewrites=False`: ops beam_v1.model.rewrites could replace count as missing."""
-    from beam_v1.model import kernels as ops
-
-    ops.register_extra_ops(op_libraries, import_modules)
-    model_dir = resolve_model_dir(path)
-    saved_model = read_saved_model(model_dir)
-    mg = select_meta_graph(saved_model, tags)
-    missing = ops.missing_ops(mg.graph_def, rewrites=rewrites)
-    warnings: list[str] = []
-    found_variables = variables(model_dir, mg, warnings)
-    from beam_v1.model import audit
-
-    warnings += audit.file_problems(model_dir, mg)
-
-    return ModelInfo(
-        path=model_dir,
-        tags=tuple(mg.meta_info_def.tags),
-        tag_sets=tag_sets(saved_model),
-        tensorflow_version=mg.meta_info_def.tensorflow_version or "unknown",
-        signatures=signatures(mg),
-        variables=found_variables,
-        assets=assets(mg),
-        init_ops=init_ops(mg),
-        missing_ops={op: nodes for op, (nodes, _) in missing.items()},
-        missing_op_reasons={op: reason for op, (_, reason) in missing.items()},
-        warnings=warnings,
-        unsafe_ops=audit.audit(mg, model_dir),
-        rewrites=_rewrites_needed(mg) if rewrites else {},
-        example_specs=_example_specs(mg),
-    )
-
-
-def _rewrites_needed(mg: meta_graph_pb2.MetaGraphDef) -> dict[str, list[str]]:
-    from beam_v1.model import rewrites
-
-    return rewrites.needed(mg.graph_def)
-
-
-def _example_specs(mg: meta_graph_pb2.MetaGraphDef) -> dict[str, Any]:
-    from beam_v1.model import examples
-
-    return examples.describe_meta_graph(mg)
-
-
-# ------------------------------------------------------------------------- text
-
-
-def _table(rows: list[list[str]], indent: str = "    ") -> list[str]:
-    if not rows:
-        return []
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-
-
-def _shape_str(shape) -> str:
-    return "?" if shape is None else "[" + ",".join(str(d) for d in shape) + "]"
-
-
-def format_model_info(info: ModelInfo) -> str:
-    lines = [
-        f"SavedModel  {info.path}",
-        f"written by  TensorFlow {info.tensorflow_version}",
-        f"tags        {_fmt_tags(info.tags)}"
-        + (
-            f"   (all tag sets: {'; '.join(_fmt_tags(t) for t in info.tag_sets)})"
-            if len(info.tag_sets) > 1
-            else ""
-        ),
-        "",
-        f"Signatures ({len(info.signatures)})",
-    ]
-    for sig in info.signatures.values():
-        lines.append(f"  {sig.key!r}  method {sig.method_name or '(none)'}")
-        rows = [
-            [direction, s.key, s.dtype, s.shape_str(), s.encoding, s.tensor_name]
-            for direction, specs in (("in", sig.inputs), ("out", sig.outputs))
-            for s in specs.values()
-        ]
-        lines += _table(rows)
-    lines += ["", f"Variables ({len(info.variables)})"]
-    rows = [
-        [
-            v.name,
-            v.dtype,
-            _shape_str(v.shape),
-            v.kind,
-            "trainable" if v.trainable else "",
-            (f"{len(v.parts)} parts" if v.parts else "")
-            + ("" if v.in_checkpoint else "not in checkpoint"),
-        ]
-        for v in info.variables
-    ]
-    lines += _table(rows, "  ") or ["  (none)"]
-    lines += ["", f"Assets ({len(info.assets)})"]
-    lines += _table([[a.filename, a.tensor_name] for a in info.assets], "  ") or ["  (none)"]
-    lines += ["", "Init ops"]
-    lines += _table([[k, ", ".join(v)] for k, v in info.init_ops.items()], "  ") or ["  (none)"]
-    lines += ["", "Ops this TensorFlow lacks"]
-    if info.missing_ops:
-        for op, nodes in info.missing_ops.items():
-            shown = ", ".join(nodes[:5]) + (f" (+{len(nodes) - 5} more)" if len(nodes) > 5 else "")
-            lines.append(f"  {op}: {info.missing_op_reasons[op]}; used by {shown}")
-    else:
-        lines.append("  (none)")
-    if info.rewrites:
-        lines += ["", "Rewrites applied at load (ops this TensorFlow lost; --no-rewrites: off)"]
-        lines += [f"  {op}: {len(n)} node(s), e.g. {n[0]}" for op, n in info.rewrites.items()]
-    if info.example_specs:
-        from beam_v1.model import examples
-
-        lines += ["", "tf.Example inputs"] + examples.format_specs(info.example_specs)
-    lines += ["", "Unsafe ops (refused unless --allow-unsafe-ops)"]
-    lines += _table(
-        [[f.op, f.node, f"from {f.reached_from}", f.reason] for f in info.unsafe_ops], "  "
-    ) or ["  (none)"]
-    if info.warnings:
-        lines += ["", "Warnings"] + [f"  {w}" for w in info.warnings]
-    return "\n".join(lines)

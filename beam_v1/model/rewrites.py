@@ -39,6 +39,8 @@ from collections.abc import Callable
 from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
+from beam_v1.model import kernels
+
 
 @dataclasses.dataclass(frozen=True)
 class Rewrite:
@@ -259,9 +261,7 @@ REWRITES: dict[str, Rewrite] = {
 
 
 def _runnable(op: str) -> bool:
-    from beam_v1.model import kernels as ops
-
-    return ops._op_status(op) is None
+    return kernels.op_status(op) is None
 
 
 def available(op: str) -> bool:
@@ -277,6 +277,13 @@ def needed(graph_def: graph_pb2.GraphDef) -> dict[str, list[str]]:
         if node.op in REWRITES:
             found.setdefault(node.op, []).append(node.name)
     return {op: nodes for op, nodes in found.items() if not _runnable(op) and available(op)}
+
+
+def missing_ops(
+    graph_def: graph_pb2.GraphDef, rewrites: bool = True
+) -> dict[str, tuple[list[str], str]]:
+    """`kernels.missing_ops`, where an op a rewrite replaces counts as runnable if `rewrites`."""
+    return kernels.missing_ops(graph_def, set(needed(graph_def)) if rewrites else ())
 
 
 def rewrite_graph_def(

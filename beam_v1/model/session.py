@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import logging
 import os
@@ -17,9 +18,10 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
 from beam_v1.errors import BeamV1Error, FeedError, ModelFileError, SignatureNotFoundError
-from beam_v1.model import kernels as ops
 from beam_v1.model import metadata as savedmodel
 from beam_v1.model.metadata import SignatureInfo, TensorSpec
+from beam_v1.model.options import LoadOptions
+from beam_v1.model.prepared import PreparedModel, prepare
 
 _log = logging.getLogger(__name__)
 
@@ -43,72 +45,24 @@ def numpy_dtype(spec: TensorSpec) -> np.dtype:
     return np.dtype(dtype.as_numpy_dtype)
 
 
-@dataclasses.dataclass(frozen=True)
-class LoadOptions:
-    """How a model is loaded; every field is also a keyword of `beam_v1.load`."""
-
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
-    op_libraries: tuple[str, ...] = ()
-    import_modules: tuple[str, ...] = ()
-    allow_unsafe_ops: bool = False  # skip the graph-op audit (beam_v1.model.audit, SPEC §7)
-    rewrites: bool = True  # replace ops this TensorFlow lost (beam_v1.model.rewrites)
-
-    @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> LoadOptions:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(kwargs) - names
-        if unknown:
-            raise TypeError(
-                f"Unknown load option(s) {sorted(unknown)}; the options are {sorted(names)}."
-            )
-        for key in ("op_libraries", "import_modules"):
-            if key in kwargs:
-                kwargs[key] = tuple(kwargs[key] or ())
-        return cls(**kwargs)
-
-    def session_config(self) -> config_pb2.ConfigProto:
-        return config_pb2.ConfigProto(
-            allow_soft_placement=True,
-            intra_op_parallelism_threads=self.intra_op_threads,
-            inter_op_parallelism_threads=self.inter_op_threads,
-        )
-
-
 class V1Model:
     """A loaded TF1 SavedModel. Thread-safe; use `beam_v1.load` to make one."""
 
-    def __init__(
-        self,
-        path: str,
-        tags: Sequence[str] | str | None = None,
-        signature: str | None = None,
-        options: LoadOptions | None = None,
-    ):
+    def __init__(self, prepared: PreparedModel):
+        """Build the session of a model `prepared` with `beam_v1.model.prepared.prepare`."""
+        if not prepared.strict:
+            raise ValueError(
+                "V1Model needs a model prepared with strict=True (its checks refuse, not record)."
+            )
         started = time.perf_counter()
-        self.options = options or LoadOptions()
-        ops.register_extra_ops(self.options.op_libraries, self.options.import_modules)
-        self.path = savedmodel.resolve_model_dir(path)
-        saved_model = savedmodel.read_saved_model(self.path)
-        meta_graph = savedmodel.select_meta_graph(saved_model, tags)
-        self.tags = tuple(meta_graph.meta_info_def.tags)
-        self.signatures: dict[str, SignatureInfo] = savedmodel.signatures(meta_graph)
-        self.default_signature = savedmodel.default_signature_key(meta_graph, signature)
-        missing = ops.missing_ops(meta_graph.graph_def, rewrites=self.options.rewrites)
-        if missing:
-            raise ops.missing_ops_error(self.path, missing)
-        self.rewritten: dict[str, list[str]] = {}
-        if self.options.rewrites:
-            from beam_v1.model import rewrites
-
-            meta_graph, self.rewritten = rewrites.rewrite_meta_graph(meta_graph)
-        from beam_v1.model import audit
-
-        # before any session exists: nothing of the model (init op included) has run yet
-        audit.check(meta_graph, self.path, self.options.allow_unsafe_ops)
-        problems = audit.file_problems(self.path, meta_graph, [self.default_signature])
-        if problems:
-            raise ModelFileError(f"The model at {self.path} is incomplete: {' '.join(problems)}")
+        self.prepared = prepared
+        self.options = prepared.options
+        self.path = prepared.local_dir
+        self.tags = prepared.tags
+        self.signatures: dict[str, SignatureInfo] = dict(prepared.signatures)
+        self.default_signature = prepared.signature(None).key
+        self.rewritten: dict[str, list[str]] = dict(prepared.rewritten)
+        meta_graph = prepared.meta_graph
 
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph, config=self.options.session_config())
@@ -235,7 +189,7 @@ class V1Model:
         if self._closed:
             raise BeamV1Error(f"{self!r} is closed; load the model again to predict.")
         sig = self.signature(signature)
-        output_keys = self._output_keys(sig, outputs)
+        output_keys = self.output_keys(sig, outputs)
         tensor_values = self._check_feeds(sig, feeds)
         run = self._callable(sig.key, tuple(tensor_values), output_keys)
         results = run(*tensor_values.values())
@@ -269,7 +223,8 @@ class V1Model:
 
     # ------------------------------------------------------------------ feeding
 
-    def _output_keys(self, sig: SignatureInfo, outputs: Sequence[str] | None) -> tuple[str, ...]:
+    def output_keys(self, sig: SignatureInfo, outputs: Sequence[str] | None) -> tuple[str, ...]:
+        """`outputs` checked against `sig` (default: all its outputs)."""
         if outputs is None:
             return tuple(sig.outputs)
         unknown = [k for k in outputs if k not in sig.outputs]
@@ -419,12 +374,26 @@ def load(
 ) -> V1Model:
     """Load a TF1 SavedModel into one session (SPEC §2).
 
-    Options: intra_op_threads, inter_op_threads, op_libraries, import_modules,
-    allow_unsafe_ops (skip the graph-op audit; see beam_v1.model.audit).
-    """
-    from beam_v1.io import staging
+    Options (`LoadOptions`): intra_op_threads, inter_op_threads, op_libraries,
+    import_modules, rewrites, allow_unsafe_ops (skip the refusal of the graph-op audit;
+    see beam_v1.model.audit).
 
-    with staging.staged_model(path) as local:  # a remote model's copy is removed once loaded
-        return V1Model(
-            local, tags=tags, signature=signature, options=LoadOptions.from_kwargs(**options)
+    Raises:
+      TypeError: an unknown option (naming the known ones); ValueError: a bad option value.
+      BeamV1Error subclasses: see `beam_v1.model.prepared.prepare`, and a failed restore or
+      init op (ModelFileError).
+    """
+    started = time.perf_counter()
+    staged = contextlib.nullcontext(path)
+    if "://" in str(path):
+        from beam_v1.io import (
+            staging,  # deferred: Beam's filesystems, which local models never load
         )
+
+        staged = staging.staged_model(path)
+    with staged as local:  # a remote model's copy is removed once the session holds the model
+        prepared = prepare(local, tags, signature, LoadOptions.of(**options))
+        prepare_seconds = time.perf_counter() - started
+        model = V1Model(prepared)
+    model.load_seconds += prepare_seconds
+    return model

@@ -6,15 +6,17 @@ import concurrent.futures
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from beam_v1.errors import BeamV1Error, ModelFileError, SchemaError
-from beam_v1.io import staging
+from beam_v1.errors import BeamV1Error, SchemaError
 from beam_v1.io.parquet_read import reading_parquet
-from beam_v1.model import kernels as ops
-from beam_v1.model import metadata as savedmodel
+from beam_v1.model import examples
+from beam_v1.model.metadata import SignatureInfo
+from beam_v1.model.options import LoadOptions
+from beam_v1.model.prepared import PreparedModel, prepare
 from beam_v1.schema_drift import FileSchemas
 from beam_v1.scoring import columns
 
@@ -26,7 +28,7 @@ class Checked:
     """What the checks found: the plan every worker will use, and the schemas to write."""
 
     model_dir: str  # local (staged) copy of the model
-    signature: savedmodel.SignatureInfo
+    signature: SignatureInfo
     plan: columns.FeedPlan
     input_schema: pa.Schema
     output_schema: pa.Schema
@@ -59,27 +61,11 @@ def check_model(
     model: str,
     tags: Sequence[str] | None,
     signature: str | None,
-    load_options: Mapping,
-) -> tuple[str, savedmodel.SignatureInfo, list[str]]:
-    """Model path, tags, signature and ops; returns (local dir, signature, required inputs)."""
-    ops.register_extra_ops(
-        load_options.get("op_libraries", ()), load_options.get("import_modules", ())
-    )
-    local = savedmodel.resolve_model_dir(staging.local_model_dir(model))
-    saved_model = savedmodel.read_saved_model(local)
-    meta_graph = savedmodel.select_meta_graph(saved_model, tags)
-    key = savedmodel.default_signature_key(meta_graph, signature)
-    missing = ops.missing_ops(meta_graph.graph_def, rewrites=load_options.get("rewrites", True))
-    if missing:
-        raise ops.missing_ops_error(local, missing)
-    from beam_v1.model import audit
-
-    audit.check(meta_graph, local, bool(load_options.get("allow_unsafe_ops", False)))
-    problems = audit.file_problems(local, meta_graph, [key])
-    if problems:
-        raise ModelFileError(f"The model at {local} is incomplete: {' '.join(problems)}")
-    sig = savedmodel.signatures(meta_graph)[key]
-    return local, sig, list(sig.inputs)
+    load_options: LoadOptions | Mapping[str, Any] | None = None,
+) -> PreparedModel:
+    """The model prepared and checked (path, tags, signature, ops, audit, files), as every
+    worker will load it; see `beam_v1.model.prepared.prepare`."""
+    return prepare(model, tags, signature, LoadOptions.of(load_options))
 
 
 def check_scoring(
@@ -98,7 +84,9 @@ def check_scoring(
     The input's schema is the first file's; `check_every_file` holds the others to it.
     """
     load_options = dict(load_options or {})
-    local, sig, required = check_model(model, tags, signature, load_options)
+    prepared = check_model(model, tags, signature, load_options)
+    local, sig = prepared.local_dir, prepared.signature()
+    required = list(sig.inputs)
     files = match_files(input_pattern)
     schema = read_schema(files[0])
     plan_kwargs = dict(column_map=column_map, outputs=outputs, keep_columns=keep_columns)
@@ -108,11 +96,8 @@ def check_scoring(
         output_shapes = probe_output_shapes(
             local, tags, sig, files[0], schema, plan_kwargs, load_options, unknown
         )
-    from beam_v1.model import examples  # tf.Example signature fed from feature columns
-
-    spec = examples.example_input_without_column(
-        savedmodel.select_meta_graph(savedmodel.read_saved_model(local), tags), sig.key, schema,
-        column_map,
+    spec = examples.example_input_without_column(  # tf.Example fed from feature columns
+        prepared.meta_graph, sig.key, schema, column_map
     )
     plan = columns.make_plan(
         sig, examples.plan_schema(schema, spec.input_key) if spec else schema,

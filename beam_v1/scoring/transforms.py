@@ -12,6 +12,7 @@ from apache_beam.utils import shared
 
 from beam_v1.io.parquet_read import DRIFTED, ReadParquetRowGroups
 from beam_v1.io.parquet_write import WriteParquetTables
+from beam_v1.model.options import LoadOptions
 from beam_v1.scoring import dofn, preflight
 from beam_v1.scoring.dofn import DEFAULT_MAX_BATCH_BYTES, FAILED, SCORED, ScoringConfig
 
@@ -87,9 +88,7 @@ class RunV1Inference(beam.PTransform):
             raise ValueError(f"example_feed must be one of {EXAMPLE_FEEDS}, got {example_feed!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        from beam_v1.model.session import LoadOptions
-
-        LoadOptions.from_kwargs(**load_options)  # unknown options fail now, not on a worker
+        options = LoadOptions.of(**load_options)  # unknown options fail now, not on a worker
         self.config = ScoringConfig(
             model=str(model),
             tags=dofn.freeze_list(tags),
@@ -98,9 +97,7 @@ class RunV1Inference(beam.PTransform):
             keep_columns=dofn.freeze_list(keep_columns),
             column_map=dofn.freeze_mapping(column_map),
             batch_size=batch_size,
-            load_options=dofn.freeze_mapping(
-                {k: tuple(v) if isinstance(v, list) else v for k, v in load_options.items()}
-            ),
+            load_options=dofn.freeze_mapping(options.as_kwargs()),
             output_shapes=dofn.freeze_mapping(output_shapes),
             max_batch_bytes=max_batch_bytes or DEFAULT_MAX_BATCH_BYTES,
             example_feed=example_feed,
@@ -110,9 +107,8 @@ class RunV1Inference(beam.PTransform):
         if checked is not None:
             self.config = _replace(self.config, signature=checked.signature.key)
             return
-        local, sig, required = preflight.check_model(
-            self.config.model, self.config.tags, signature, load_options
-        )
+        prepared = preflight.check_model(self.config.model, self.config.tags, signature, options)
+        sig = prepared.signature()
         self.config = _replace(self.config, signature=sig.key)
         if schema is not None:
             from beam_v1.scoring import columns
@@ -121,16 +117,14 @@ class RunV1Inference(beam.PTransform):
             for key in columns.unknown_rank_outputs(sig, self.config.outputs):
                 shapes.setdefault(key, (-1,))  # workers learn the rank from their first batch
             from beam_v1.model import examples
-            from beam_v1.model import metadata as savedmodel  # tf.Example fed from feature columns
 
-            spec = examples.example_input_without_column(
-                savedmodel.select_meta_graph(savedmodel.read_saved_model(local), self.config.tags),
-                sig.key, schema, column_map,
+            spec = examples.example_input_without_column(  # tf.Example fed from feature columns
+                prepared.meta_graph, sig.key, schema, column_map
             )
             columns.make_plan(
                 sig,
                 examples.plan_schema(schema, spec.input_key) if spec else schema,
-                required_inputs=required,
+                required_inputs=list(sig.inputs),
                 column_map=column_map,
                 outputs=self.config.outputs,
                 keep_columns=self.config.keep_columns,

@@ -256,7 +256,7 @@ def _part_slices(mg) -> dict[str, tuple[str, tuple[int, ...], tuple[int, ...], t
     """Part variable name -> (full name, full shape, offset, part shape)."""
     found = {}
     for key in ("variables", "local_variables", "model_variables"):
-        for var in savedmodel._variable_defs(mg, key):
+        for var in savedmodel.variable_defs(mg, key):
             if var.HasField("save_slice_info_def"):
                 info = var.save_slice_info_def
                 found[var.variable_name.split(":")[0]] = (
@@ -322,7 +322,7 @@ def list_variables(
         )
     infos = savedmodel.variables(model_dir, mg)  # the same view `beam-v1 inspect` prints
     graph = savedmodel.graph_variables(mg)
-    trainable = savedmodel._trainable_names(mg)
+    trainable = savedmodel.trainable_names(mg)
     has_collections = "trainable_variables" in mg.collection_def
     slices = _part_slices(mg) if parts else {}
     specs = []
