@@ -119,8 +119,8 @@ class RunV1Inference(beam.PTransform):
             shapes = dict(output_shapes or {})
             for key in columns.unknown_rank_outputs(sig, self.config.outputs):
                 shapes.setdefault(key, (-1,))  # workers learn the rank from their first batch
-            from beam_v1 import savedmodel  # tf.Example fed from feature columns
-            from beam_v1.model import examples
+            from beam_v1.model import examples  # tf.Example fed from feature columns
+            from beam_v1.model import metadata as savedmodel
 
             spec = examples.example_input_without_column(
                 savedmodel.select_meta_graph(savedmodel.read_saved_model(local), self.config.tags),
@@ -258,7 +258,7 @@ def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
     if table.schema.equals(schema):
         return table
     from beam_v1.errors import SchemaError
-    from beam_v1.model.session import first_line
+    from beam_v1.text import first_line
 
     if sorted(table.column_names) != sorted(schema.names):
         raise SchemaError(
