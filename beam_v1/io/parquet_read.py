@@ -22,6 +22,7 @@ from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 
 from beam_v1.io import files
+from beam_v1.runs import display_items
 
 _OPEN_FILES = 4  # row groups arrive shuffled: keep a few files' footers open
 
@@ -100,3 +101,6 @@ class ReadParquetRowGroups(beam.PTransform):
             | "ReadRowGroup"
             >> beam.ParDo(_ReadRowGroupDoFn(self._columns)).with_output_types(pa.Table)
         )
+
+    def display_data(self) -> dict:
+        return display_items(file_pattern=self._pattern, columns=self._columns)

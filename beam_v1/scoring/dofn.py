@@ -7,7 +7,6 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_v1.scoring import latency
+from beam_v1.text import split_list
 
 NAMESPACE = "beam_v1"
 SCORED = "scored"
@@ -31,6 +31,7 @@ FAILED = "failed"
 IN_FLIGHT = 1
 
 _log = logging.getLogger(__name__)
+_progress_log = logging.getLogger("beam_v1.progress")  # INFO: shown by the CLI unless --quiet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +215,7 @@ class RunV1InferenceDoFn(beam.DoFn):
                 )
                 learnt = found is not None
                 shapes.update(found or {k: (-1,) for k in unknown})
-            from beam_v1 import examples  # tf.Example signature fed from feature columns
+            from beam_v1.model import examples  # tf.Example signature fed from feature columns
 
             ex = examples.scorer_for_columns(
                 self._model, sig.key, schema, dict(c.column_map),
@@ -243,10 +244,9 @@ class RunV1InferenceDoFn(beam.DoFn):
         if now - self._last_progress >= self._progress_seconds:
             self._last_progress = now
             rate = self._worker_rows / max(now - self._started, 1e-9)
-            print(
-                f"beam-v1: worker {os.getpid()}: {self._worker_rows:,} rows, {rate:,.0f} rows/s",
-                file=sys.stderr,
-                flush=True,
+            _progress_log.info(
+                "beam-v1: worker %d: %s rows, %s rows/s",
+                os.getpid(), f"{self._worker_rows:,}", f"{rate:,.0f}",
             )
 
 
@@ -279,8 +279,5 @@ def freeze_mapping(mapping: Mapping[str, Any] | None) -> tuple[tuple[str, Any], 
 
 
 def freeze_list(values: Sequence[str] | str | None) -> tuple[str, ...] | None:
-    if values is None:
-        return None
-    if isinstance(values, str):
-        values = [v for v in values.split(",") if v]
-    return tuple(values)
+    names = split_list(values)
+    return None if names is None else tuple(names)

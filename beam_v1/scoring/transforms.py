@@ -12,6 +12,7 @@ from apache_beam.utils import shared
 
 from beam_v1.io.parquet_read import ReadParquetRowGroups
 from beam_v1.io.parquet_write import WriteParquetTables
+from beam_v1.runs import display_items
 from beam_v1.scoring import dofn, preflight
 from beam_v1.scoring.dofn import FAILED, SCORED, ScoringConfig
 
@@ -141,6 +142,15 @@ class RunV1Inference(beam.PTransform):
             dofn.RunV1InferenceDoFn(self.config, self._shared, self._progress_seconds)
         ).with_output_types(pa.Table).with_outputs(FAILED, main=SCORED)
 
+    def display_data(self) -> dict[str, Any]:
+        c = self.config
+        return display_items(
+            model=c.model, signature=c.signature, tags=c.tags, outputs=c.outputs,
+            keep_columns=c.keep_columns, column_map=dict(c.column_map),
+            batch_size=c.batch_size, max_batch_bytes=c.max_batch_bytes,
+            example_feed=c.example_feed,
+        )
+
 
 def _replace(config: ScoringConfig, **changes) -> ScoringConfig:
     import dataclasses
@@ -225,6 +235,14 @@ class ScoreParquet(beam.PTransform):
             dead_letter_prefix=self.dead_letter_prefix,
             codec=self.codec,
             num_shards=self.num_shards,
+        )
+
+    def display_data(self) -> dict[str, Any]:
+        return display_items(
+            model=self.model, input=self.input_pattern, output_prefix=self.output_prefix,
+            dead_letter_prefix=self.dead_letter_prefix, signature=self.checked.signature.key,
+            batch_size=self.batch_size, max_batch_bytes=self.max_batch_bytes,
+            num_shards=self.num_shards or None, codec=self.codec,
         )
 
 
