@@ -21,7 +21,7 @@ from apache_beam.transforms.display import DisplayData
 import beam_v1
 from beam_v1 import DumpVariables, RunV1Inference, ScoreParquet, WriteVariables
 from beam_v1.cli import startup_lines
-from beam_v1.cli.flags import EXIT_USER_ERROR, unknown_to_beam
+from beam_v1.cli.flags import EXIT_USER_ERROR, quiet_worker_flags, unknown_to_beam
 from beam_v1.cli.main import main
 from beam_v1.errors import BeamV1Error
 from beam_v1.io.parquet_read import ReadParquetRowGroups
@@ -210,6 +210,32 @@ def test_demo_verbose_shows_them(tmp_path):
     run = _demo(tmp_path / "verbose", "--verbose")
     assert run.returncode == 0, run.stderr
     assert "absl::InitializeLog" in run.stderr and "rows in      2,000" in run.stdout
+
+
+@pytest.mark.slow
+def test_multi_process_run_keeps_worker_logs_off_the_terminal(built_models, tmp_path):
+    """DirectRunner worker processes log at INFO to the shared stderr (about 50 lines of
+    harness set-up for two workers); the CLI keeps them at WARNING and drops their set-up notes."""
+    pattern, _ = _parquet(str(tmp_path / "in"), rows=100)
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "beam_v1", "score", "--model", built_models["mlp"], "--input",
+         pattern, "--output", str(tmp_path / "out" / "s"), "--quiet",
+         "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+        capture_output=True, text=True, env=env, timeout=600, check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "rows in      100" in run.stdout and "rows scored  100" in run.stdout
+    assert run.stderr == ""
+
+
+def test_worker_log_flags_only_for_the_direct_runner_and_never_over_the_users():
+    quiet = quiet_worker_flags([])
+    assert quiet[0] == "--default_sdk_harness_log_level=WARNING"
+    assert quiet_worker_flags(["--runner", "DirectRunner", "--direct_num_workers", "2"]) == quiet
+    assert quiet_worker_flags(["--runner", "DataflowRunner"]) == []
+    assert quiet_worker_flags(["--default_sdk_harness_log_level=DEBUG"]) == []
 
 
 # ------------------------------------------------------------ worker logging, display data

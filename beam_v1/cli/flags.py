@@ -122,3 +122,28 @@ def close_flags(parser: argparse.ArgumentParser, flag: str) -> list[str]:
     known = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", parser.format_help()))
     name = flag.split("=", 1)[0]
     return difflib.get_close_matches(name, sorted(known), n=2, cutoff=0.75)
+
+
+def quiet_worker_flags(args: Sequence[str]) -> list[str]:
+    """Beam flags that keep the DirectRunner's worker processes at WARNING on the terminal
+    (the progress logger stays at INFO), unless `args` set a worker log level already.
+
+    Only for the DirectRunner (the default): its workers share our terminal; other runners'
+    logs go to their own log service, where INFO is wanted.
+    """
+    # deferred: Beam start-up
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    options = PipelineOptions(list(args))
+    runner = options.view_as(StandardOptions).runner
+    if runner not in (None, "DirectRunner", "direct", "BundleBasedDirectRunner"):
+        return []
+    if any(a.split("=", 1)[0] in WORKER_LOG_FLAGS for a in args):
+        return []
+    return [
+        "--default_sdk_harness_log_level=WARNING",
+        '--sdk_harness_log_level_overrides={"beam_v1.progress": "INFO"}',
+    ]
+
+
+WORKER_LOG_FLAGS = ("--default_sdk_harness_log_level", "--sdk_harness_log_level_overrides")

@@ -14,7 +14,12 @@ from collections.abc import Sequence
 
 from beam_v1 import __version__
 from beam_v1.cli import demo, dump, inspect, score, startup_lines
-from beam_v1.cli.flags import EXIT_USER_ERROR, close_flags, unknown_to_beam
+from beam_v1.cli.flags import (
+    EXIT_USER_ERROR,
+    close_flags,
+    quiet_worker_flags,
+    unknown_to_beam,
+)
 from beam_v1.errors import BeamV1Error
 
 # progress lines (scoring and dump workers) are logged here at INFO, shown unless --quiet
@@ -67,6 +72,8 @@ def main(
     with startup_lines.filtered_stderr() if quiet else contextlib.nullcontext():
         if extra:
             _refuse_unknown(parser, args, extra)
+        if quiet and args.beam_flags:
+            extra = [*extra, *quiet_worker_flags(extra)]
         try:
             return args.run(args, extra) if args.beam_flags else args.run(args)
         except BeamV1Error as e:

@@ -27,6 +27,11 @@ STARTUP_LINE = re.compile(
     rb"|cpu_feature_guard|cpu_utils|gpu_device|dso_loader|computation_placer)\.cc:\d+\]"
     rb"|.*apitools not found, and bigquery client libraries are not available"
     rb"|.*TF-TRT Warning: Could not find TensorRT"
+    # Beam's worker processes (DirectRunner multi_processing): set-up notes
+    rb"|.*No semi_persistent_directory found:  User registered objects"
+    rb"|.*Discarding unparseable args: \[(\\?'--(direct_runner_use_stacked_bundle"
+    rb"|pipeline_type_check)\\?'(, )?)+\]"
+    rb"|INFO:__main__:Logging handler created\."
     rb"|.*To enable the following instructions: .* in other operations, rebuild TensorFlow"
 )
 
