@@ -108,6 +108,22 @@ def test_unknown_to_beam_knows_beam_options_exactly():
     assert unknown_to_beam(["stray"]) == ["stray"]
 
 
+def test_a_runners_own_options_count_once_it_is_named():
+    """In a fresh interpreter (no runner module imported yet), --dask_client_address is known
+    with --runner DaskRunner (or its class path), and unknown without a Dask runner."""
+    pytest.importorskip("dask")
+    code = (
+        "import sys; from beam_v1.cli.flags import unknown_to_beam as u\n"
+        "print(u(['--dask_client_address', 'tcp://h:1']))\n"
+        "print(u(['--runner', 'DaskRunner', '--dask_client_address', 'tcp://h:1']))\n"
+        "print(u(['--runner=apache_beam.runners.dask.dask_runner.DaskRunner',"
+        " '--dask_client_address=tcp://h:1']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": ROOT}, check=True).stdout
+    assert out.splitlines() == ["['--dask_client_address']", "[]", "[]"]
+
+
 def test_no_abbreviated_flags(built_models, tmp_path, capsys):
     """`--batch` is not `--batch-size`, `--mod` is not `--model`: both are refused."""
     argv = ["score", "--model", built_models["mlp"], "--input", "x", "--output", "y",

@@ -78,6 +78,10 @@ def add_load_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# runners named without their module whose options Beam 2.77 does not register up front
+RUNNER_MODULES = {"DaskRunner": "apache_beam.runners.dask.dask_runner"}
+
+
 class _BeamFlagError(Exception):
     pass
 
@@ -87,17 +91,19 @@ def unknown_to_beam(args: Sequence[str]) -> list[str]:
     does not know either, as given (`--name` or `--name=value`); values are not listed.
 
     Known means defined by a registered PipelineOptions subclass, exactly (no abbreviations,
-    as Beam parses them); a `--runner` given as a dotted path is imported first, so that its
-    own options count. A value Beam's parser rejects (`--direct_num_workers x`) is reported
-    as that flag too.
+    as Beam parses them); the module of a `--runner` given as a dotted path (or DaskRunner) is
+    imported first, so that the runner's own options count. A value Beam's parser rejects
+    (`--direct_num_workers x`) is reported as that flag too.
     """
     # deferred: Beam start-up, only when a command got flags it does not define
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
     runner = PipelineOptions(list(args)).view_as(StandardOptions).runner
-    if isinstance(runner, str) and "." in runner:
+    if isinstance(runner, str):
+        module = RUNNER_MODULES.get(runner) or (runner.rsplit(".", 1)[0] if "." in runner else "")
         try:  # registers the runner's PipelineOptions subclasses, as Beam does at run time
-            importlib.import_module(runner.rsplit(".", 1)[0])
+            if module:
+                importlib.import_module(module)
         except ImportError:
             pass  # Beam reports an unknown runner itself
     captured: list[argparse.ArgumentParser] = []
