@@ -36,7 +36,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def build_demo_model(path: str, seed: int = 0) -> str:
     """A TF1 graph-mode classifier: x float32 [-1,16], age int64 [-1] -> label, probabilities."""
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow start-up, only when the demo runs
 
     tf.get_logger().setLevel("ERROR")  # TF1 builder APIs warn that they are TF1 APIs
     rng = np.random.default_rng(seed)

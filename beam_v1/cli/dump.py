@@ -11,6 +11,7 @@ from typing import Any
 
 from beam_v1.cli.flags import EXIT_MODEL_FAILED, add_tags_flag, command_parser
 from beam_v1.errors import BeamV1Error
+from beam_v1.runs import run_to_end
 
 PROGRESS_SECONDS = 10.0
 
@@ -48,7 +49,7 @@ def add_dump_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_jsonl(path: str) -> list[dict]:
-    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.io.filesystems import FileSystems  # deferred: Beam start-up
 
     if not FileSystems.exists(path):
         return []
@@ -66,7 +67,6 @@ def run_dump(args: argparse.Namespace, pipeline_args: Sequence[str] = ()) -> int
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from beam_v1.runs import run_to_end
     from beam_v1.variables.dump import (
         DumpVariables,
         WriteVariables,
