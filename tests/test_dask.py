@@ -298,6 +298,6 @@ def assert_same_dump(got, want) -> None:
      ["--runner", "DirectRunner", "--job_name", "DaskRunner"]),
 ])
 def test_cli_maps_dask_runner_names_to_the_compat_runner(args, want):
-    from beam_v1.cli.main import runner_alias
+    from beam_v1.cli.flags import runner_alias
 
     assert runner_alias(args) == want

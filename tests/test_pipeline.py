@@ -27,9 +27,9 @@ from remote_fs import MappedFileSystem
 
 from beam_v1 import RunV1Inference, ScoreParquet
 from beam_v1.cli import main as cli
-from beam_v1.cli.score import score
 from beam_v1.errors import BeamV1Error, SchemaError
 from beam_v1.io import staging
+from beam_v1.scoring.job import score
 
 v1 = tf.compat.v1
 MULTI_THREADING = ["--direct_running_mode=multi_threading", "--direct_num_workers=2"]

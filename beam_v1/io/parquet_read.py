@@ -28,6 +28,7 @@ from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 
 from beam_v1.io import files
+from beam_v1.runs import display_items
 from beam_v1.schema_drift import FileSchemas
 
 _log = logging.getLogger(__name__)
@@ -161,3 +162,6 @@ class ReadParquetRowGroups(beam.PTransform):
         return spread | "ReadRowGroup" >> read.with_output_types(pa.Table).with_outputs(
             DRIFTED, main="tables"
         )
+
+    def display_data(self) -> dict:
+        return display_items(file_pattern=self._pattern, columns=self._columns)

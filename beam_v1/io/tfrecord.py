@@ -14,6 +14,7 @@ from apache_beam.io.filesystem import CompressedFile, CompressionTypes
 from beam_v1.errors import BeamV1Error
 from beam_v1.io import files
 from beam_v1.io.checksums import masked_crc32c
+from beam_v1.runs import display_items
 
 COMPRESSIONS = ("auto", "none", "gzip", "zlib")
 _ALIASES = {"": "none", "uncompressed": "none", "gz": "gzip"}
@@ -314,4 +315,12 @@ class ScoreTFRecord(beam.PTransform):
             dead_letter_prefix=self.dead_letter_prefix,
             codec=self.codec,
             num_shards=self.num_shards,
+        )
+
+    def display_data(self) -> dict:
+        return display_items(
+            model=self.model, input=self.input_pattern, output_prefix=self.output_prefix,
+            dead_letter_prefix=self.dead_letter_prefix, signature=self.signature,
+            batch_size=self.batch_size, max_batch_bytes=self.max_batch_bytes,
+            num_shards=self.num_shards or None, compression=self.compression, codec=self.codec,
         )

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from beam_v1.io import varint
+from beam_v1.text import first_line
 
 PARSE_OPS = ("ParseExample", "ParseExampleV2")
 _PASS_THROUGH = ("Identity", "IdentityN", "Snapshot", "Reshape", "ExpandDims", "Squeeze")
@@ -637,8 +638,7 @@ class ExampleScorer:
             values = self._callable(names)(*[feeds[k] for k in names])
         except tf.errors.OpError as e:
             if len(rows) == 1:
-                text = (getattr(e, "message", None) or str(e)).strip().splitlines()
-                bad[int(rows[0])] = f"the model failed on this row: {text[0] if text else e}"
+                bad[int(rows[0])] = f"the model failed on this row: {first_line(e)}"
                 return
             half = len(rows) // 2
             yield from self._run_or_bisect(rows[:half], feeds_for, bad)

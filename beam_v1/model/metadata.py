@@ -20,6 +20,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow.python.training import py_checkpoint_reader
 
 from beam_v1.errors import ModelFileError, SignatureNotFoundError, TagsNotFoundError
+from beam_v1.text import split_list
 
 _log = logging.getLogger(__name__)
 
@@ -201,9 +202,7 @@ def select_meta_graph(
 
 
 def parse_tags(tags: Sequence[str] | str) -> list[str]:
-    if isinstance(tags, str):
-        return [t.strip() for t in tags.split(",") if t.strip()]
-    return list(tags)
+    return split_list(tags) or []
 
 
 def node_name(input_name: str) -> str:

@@ -22,6 +22,7 @@ from beam_v1.model import metadata as savedmodel
 from beam_v1.model.metadata import SignatureInfo, TensorSpec
 from beam_v1.model.options import LoadOptions
 from beam_v1.model.prepared import PreparedModel, prepare
+from beam_v1.text import first_line
 
 _log = logging.getLogger(__name__)
 
@@ -293,12 +294,6 @@ class V1Model:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def first_line(error: Exception) -> str:
-    """The first line of an error's message (TensorFlow appends node traces below it)."""
-    text = getattr(error, "message", None) or str(error)
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def _describe(specs: Mapping[str, TensorSpec]) -> str:

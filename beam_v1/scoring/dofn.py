@@ -7,7 +7,6 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_v1.io import staging
 from beam_v1.scoring import latency
+from beam_v1.text import split_list
 
 NAMESPACE = "beam_v1"
 SCORED = "scored"
@@ -35,6 +35,7 @@ IN_FLIGHT = 1
 DEFAULT_MAX_BATCH_BYTES = 64 * 2**20
 
 _log = logging.getLogger(__name__)
+_progress_log = logging.getLogger("beam_v1.progress")  # INFO: shown by the CLI unless --quiet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,10 +255,9 @@ class RunV1InferenceDoFn(beam.DoFn):
         if now - self._last_progress >= self._progress_seconds:
             self._last_progress = now
             rate = self._worker_rows / max(now - self._started, 1e-9)
-            print(
-                f"beam-v1: worker {os.getpid()}: {self._worker_rows:,} rows, {rate:,.0f} rows/s",
-                file=sys.stderr,
-                flush=True,
+            _progress_log.info(
+                "beam-v1: worker %d: %s rows, %s rows/s",
+                os.getpid(), f"{self._worker_rows:,}", f"{rate:,.0f}",
             )
 
 
@@ -290,8 +290,5 @@ def freeze_mapping(mapping: Mapping[str, Any] | None) -> tuple[tuple[str, Any], 
 
 
 def freeze_list(values: Sequence[str] | str | None) -> tuple[str, ...] | None:
-    if values is None:
-        return None
-    if isinstance(values, str):
-        values = [v for v in values.split(",") if v]
-    return tuple(values)
+    names = split_list(values)
+    return None if names is None else tuple(names)

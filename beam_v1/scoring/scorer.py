@@ -16,9 +16,10 @@ import pyarrow as pa
 import tensorflow as tf
 
 from beam_v1.errors import BeamV1Error
-from beam_v1.model.session import V1Model, first_line
+from beam_v1.model.session import V1Model
 from beam_v1.scoring import columns
 from beam_v1.scoring.columns import ERROR_COLUMN, FeedPlan
+from beam_v1.text import first_line
 
 
 @dataclasses.dataclass

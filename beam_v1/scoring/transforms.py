@@ -13,6 +13,7 @@ from apache_beam.utils import shared
 from beam_v1.io.parquet_read import DRIFTED, ReadParquetRowGroups
 from beam_v1.io.parquet_write import WriteParquetTables
 from beam_v1.model.options import LoadOptions
+from beam_v1.runs import display_items
 from beam_v1.scoring import dofn, preflight
 from beam_v1.scoring.dofn import DEFAULT_MAX_BATCH_BYTES, FAILED, SCORED, ScoringConfig
 
@@ -136,6 +137,15 @@ class RunV1Inference(beam.PTransform):
             dofn.RunV1InferenceDoFn(self.config, self._shared, self._progress_seconds)
         ).with_output_types(pa.Table).with_outputs(FAILED, main=SCORED)
 
+    def display_data(self) -> dict[str, Any]:
+        c = self.config
+        return display_items(
+            model=c.model, signature=c.signature, tags=c.tags, outputs=c.outputs,
+            keep_columns=c.keep_columns, column_map=dict(c.column_map),
+            batch_size=c.batch_size, max_batch_bytes=c.max_batch_bytes,
+            example_feed=c.example_feed,
+        )
+
 
 def _replace(config: ScoringConfig, **changes) -> ScoringConfig:
     import dataclasses
@@ -234,6 +244,14 @@ class ScoreParquet(beam.PTransform):
             drifted=read[DRIFTED],
         )
 
+    def display_data(self) -> dict[str, Any]:
+        return display_items(
+            model=self.model, input=self.input_pattern, output_prefix=self.output_prefix,
+            dead_letter_prefix=self.dead_letter_prefix, signature=self.checked.signature.key,
+            batch_size=self.batch_size, max_batch_bytes=self.max_batch_bytes,
+            num_shards=self.num_shards or None, codec=self.codec,
+        )
+
 
 def write_outputs(
     scored,
@@ -270,7 +288,7 @@ def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
     if table.schema.equals(schema):
         return table
     from beam_v1.errors import SchemaError
-    from beam_v1.model.session import first_line
+    from beam_v1.text import first_line
 
     if sorted(table.column_names) != sorted(schema.names):
         raise SchemaError(

@@ -40,6 +40,7 @@ import numpy as np
 from beam_v1.errors import ModelFileError
 from beam_v1.io import checksums, varint
 from beam_v1.model import metadata as savedmodel
+from beam_v1.text import first_line
 
 _log = logging.getLogger(__name__)
 
@@ -457,7 +458,7 @@ class CheckpointReader:
         return ModelFileError(
             f"Variable {spec.name!r} cannot be read from data shard "
             f"{', '.join(self._entry_files(spec.key)) or '(none found)'}: "
-            f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+            f"{first_line(e)}"
         )
 
     def read(self, spec: VariableSpec) -> np.ndarray:
