@@ -396,7 +396,7 @@ def tf_truth(model_path: str, rows: list[dict], dtypes: dict[str, str]):
 def score_both_feeds(model_path: str, table: pa.Table, tmp_path: Path) -> dict:
     """`score` (ScoreParquet on the DirectRunner) on both feed paths:
     {feed: (scored table sorted by row_id, failed table sorted by row_id)}."""
-    from beam_v1.cli.score import score
+    from beam_v1.scoring.job import score
 
     table = table.append_column("row_id", pa.array(range(table.num_rows), pa.int64()))
     pq.write_table(table, tmp_path / "in.parquet")
