@@ -34,7 +34,7 @@ _EXPORTS = {
     "ScoreTFRecord": "beam_v1.io.tfrecord",
     "DumpVariables": "beam_v1.variables.dump",
     "WriteVariables": "beam_v1.variables.dump",
-    "read_variables": "beam_v1.variables.checkpoint",
+    "read_variables": "beam_v1.variables.read",
     "read_checkpoint": "beam_v1.variables.checkpoint",
     "list_variables": "beam_v1.variables.checkpoint",
     "BeamV1Error": "beam_v1.errors",

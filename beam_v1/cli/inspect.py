@@ -21,7 +21,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run_inspect(args: argparse.Namespace) -> int:
     """Print the model's description; exit status 2 if files the model needs are missing."""
-    from beam_v1.model.metadata import inspect  # deferred: TensorFlow start-up
+    from beam_v1.model.inspect import inspect  # deferred: TensorFlow start-up
 
     info = inspect(
         args.model,

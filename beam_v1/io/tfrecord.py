@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystem import CompressedFile, CompressionTypes
 
+from beam_v1 import dtypes
 from beam_v1.errors import BeamV1Error
 from beam_v1.io import files
 from beam_v1.io.checksums import masked_crc32c
@@ -156,7 +157,7 @@ def decode_examples(
     for key, dtype in want.items():
         values = [row.get(key) for row in rows]
         scalar = not as_lists and all(v is None or len(v) == 1 for v in values)
-        leaf = {"float32": pa.float32(), "int64": pa.int64(), "string": pa.binary()}[dtype]
+        leaf = dtypes.arrow_type(dtype)
         if dtype == "float32":
             values = [None if v is None else [float(np.float32(x)) for x in v] for v in values]
         if scalar:
@@ -188,8 +189,9 @@ def records_table(records: list[bytes], spec=None) -> pa.Table:
 def _records_schema(spec) -> pa.Schema:
     fields = [pa.field(SERIALIZED_COLUMN, pa.binary())]
     if spec is not None:
-        leaf = {"float32": pa.float32(), "int64": pa.int64(), "string": pa.binary()}
-        fields += [pa.field(k, pa.list_(leaf[f.dtype])) for k, f in spec.features.items()]
+        fields += [
+            pa.field(k, pa.list_(dtypes.arrow_type(f.dtype))) for k, f in spec.features.items()
+        ]
     return pa.schema(fields)
 
 

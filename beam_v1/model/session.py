@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
+from beam_v1 import dtypes
 from beam_v1.errors import BeamV1Error, FeedError, ModelFileError, SignatureNotFoundError
 from beam_v1.model import metadata as savedmodel
 from beam_v1.model.metadata import SignatureInfo, TensorSpec
@@ -40,10 +41,7 @@ def _close_live_models() -> None:
 
 def numpy_dtype(spec: TensorSpec) -> np.dtype:
     """The numpy dtype a tensor of `spec` is fed and fetched as (strings as object)."""
-    dtype = tf.dtypes.as_dtype(spec.base_dtype)
-    if dtype == tf.string:
-        return np.dtype(object)
-    return np.dtype(dtype.as_numpy_dtype)
+    return dtypes.numpy_dtype(spec.base_dtype)
 
 
 class V1Model:
