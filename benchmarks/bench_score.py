@@ -907,7 +907,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rows", type=int, default=2_000_000)
     p.add_argument("--big-rows", type=int, default=0, help="a second, bigger run (for RSS)")
-    p.add_argument("--big-variants", default="b,a", help="what runs at --big-rows: b and/or a")
+    p.add_argument(
+        "--big-variants", default="b,a", help="what runs at --big-rows: b, a and/or b:NAME"
+    )
     p.add_argument("--out", default=str(HERE / "out"))
     p.add_argument("--repeat", type=int, default=2, help="interleaved runs of a, a-rg, b, b2")
     p.add_argument("--subset-c", type=int, default=200_000, help="rows for (c)")
@@ -1137,6 +1139,11 @@ def _run_all(
                 r = attempt("big a", run_bare, ctx, big_pattern, args.big_rows, o)
             elif v == "b":
                 r = attempt("big b", run_cli, ctx, big_pattern, args.big_rows, o)
+            elif v.startswith("b:") and v[2:] in b_names:
+                r = attempt(
+                    f"big {v}", run_cli, ctx, big_pattern, args.big_rows, o.replace(":", "_"),
+                    b_args.get(v[2:], ()), pythonpath=patched.get(v[2:]),
+                )
             else:
                 continue
             if r is None:
@@ -1215,6 +1222,13 @@ def _ratios(results) -> dict:
                 out[f"{b}/a CPU per row (a's CPU/row / b's)"] = ratio(
                     sa["cpu_us_per_row"], sb["cpu_us_per_row"]
                 )
+    for b in bs:
+        if v.get(b) and v.get("a"):
+            out[f"peak RSS {b}/a"] = ratio(v[b]["peak_rss_mb_max"], v["a"]["peak_rss_mb_max"])
+    for k, e in big.items():
+        if k != "a" and big.get("a"):
+            out[f"big peak RSS {k}/a"] = ratio(e["peak_rss_mb"], big["a"]["peak_rss_mb"])
+            out[f"big {k}/a rows/s"] = ratio(rate(e), rate(big["a"]))
     out["b/a (whole process, start-up included)"] = ratio(
         rate(v.get("b"), "process_rows_per_s_median"),
         rate(v.get("a"), "process_rows_per_s_median"),
