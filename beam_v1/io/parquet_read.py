@@ -1,4 +1,5 @@
-"""Read Parquet files as Arrow tables, one per row group, with native I/O for local files.
+"""Read Parquet files as Arrow tables, row group by row group in slices, with native I/O for
+local files.
 
 Beam's `ReadFromParquetBatched` reads every file through a Python file object from
 `FileSystems.open`; for local files pyarrow's own reader is about 1.3x faster
@@ -7,10 +8,10 @@ scheme (gs://, s3://, a registered plugin) through Beam's `FileSystems`, so cred
 and options stay Beam's. Work is split by row group: each (file, row group) is one
 element, spread across workers by a `Reshuffle` (and the files before it, so that their
 footers are read in parallel). Each row group is decoded in slices of about
-`READ_BATCH_BYTES` (`iter_batches` over that row group alone, through a small read buffer) and
-each slice is its own element: a whole-row-group read (`read_row_group`) peaks at several
-times the row group's size while it decodes, and the open file keeps about one row group of
-Arrow memory after it; slices keep the reader's memory near one slice.
+`READ_BATCH_BYTES` (`iter_batches` over that row group alone, through a small read buffer),
+each slice a table of its own, so the reader holds about one slice of Arrow memory where
+pyarrow can decode in slices (`read_row_group` decodes several times a row group's size at
+once, and an open file kept about one row group allocated after it).
 
 Given the run's `schema_drift.FileSchemas`, each file's footer is judged where its row
 groups are read: tables of a file whose schema casts to the first file's are cast to it;
