@@ -68,6 +68,13 @@ def add_score_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--intra-op-threads", type=int, default=0)
     parser.add_argument("--inter-op-threads", type=int, default=0)
+    parser.add_argument(
+        "--model-copies",
+        type=int,
+        default=0,
+        help="sessions per machine shared by its worker processes (1: one model per machine, "
+        "for big models); default 0: one per process",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument(
         "--example-feed",
@@ -300,6 +307,7 @@ def run_score(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
         num_shards=args.num_shards,
         intra_op_threads=args.intra_op_threads,
         inter_op_threads=args.inter_op_threads,
+        model_copies=args.model_copies,
         op_libraries=args.op_libraries,
         import_modules=args.import_modules,
         allow_unsafe_ops=args.allow_unsafe_ops,

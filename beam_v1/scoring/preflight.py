@@ -102,7 +102,7 @@ def check_scoring(
         output_shapes = probe_output_shapes(
             local, tags, sig, files[0], schema, plan_kwargs, load_options, unknown
         )
-    from beam_v1 import examples  # tf.Example signature fed from feature columns
+    from beam_v1.model import examples  # tf.Example signature fed from feature columns
 
     spec = examples.example_input_without_column(
         savedmodel.select_meta_graph(savedmodel.read_saved_model(local), tags), sig.key, schema,

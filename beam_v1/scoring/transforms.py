@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -59,6 +60,12 @@ class RunV1Inference(beam.PTransform):
     checked twice. `example_feed` applies to tf.Example signatures fed from feature columns:
     "auto" feeds the parse op's outputs directly where that is exact, "serialize" always
     builds serialized examples.
+
+    `model_copies=N` (N >= 1) loads N sessions per machine, shared by all its worker
+    processes through a proxy (beam_v1.scoring.model_server), instead of one per process
+    (the default, 0 or None): for models too big to hold once per process. Each session's
+    thread pools are sized to its share of the machine's cores (beam_v1.model.threads);
+    the process count comes from the pipeline's options when they state it.
     """
 
     def __init__(
@@ -77,9 +84,12 @@ class RunV1Inference(beam.PTransform):
         max_batch_bytes: int | None = None,
         example_feed: str = "auto",
         checked: preflight.Checked | None = None,
+        model_copies: int | None = None,
         **load_options: Any,
     ):
         super().__init__()
+        if model_copies is not None and model_copies < 0:
+            raise ValueError(f"model_copies must be 0 or more, got {model_copies}")
         if max_batch_bytes is not None and max_batch_bytes < 1:
             raise ValueError(f"max_batch_bytes must be positive, got {max_batch_bytes}")
         if example_feed not in EXAMPLE_FEEDS:
@@ -103,6 +113,8 @@ class RunV1Inference(beam.PTransform):
             output_shapes=dofn.freeze_mapping(output_shapes),
             max_batch_bytes=max_batch_bytes,
             example_feed=example_feed,
+            model_copies=model_copies or 0,
+            share_tag=uuid.uuid4().hex if model_copies else "",
         )
         self._progress_seconds = progress_seconds
         self._shared = shared.Shared()
@@ -119,8 +131,8 @@ class RunV1Inference(beam.PTransform):
             shapes = dict(output_shapes or {})
             for key in columns.unknown_rank_outputs(sig, self.config.outputs):
                 shapes.setdefault(key, (-1,))  # workers learn the rank from their first batch
-            from beam_v1 import savedmodel  # tf.Example fed from feature columns
             from beam_v1.model import examples
+            from beam_v1.model import metadata as savedmodel  # tf.Example fed from feature columns
 
             spec = examples.example_input_without_column(
                 savedmodel.select_meta_graph(savedmodel.read_saved_model(local), self.config.tags),
@@ -137,8 +149,14 @@ class RunV1Inference(beam.PTransform):
             )
 
     def expand(self, tables):
+        from beam_v1.model import threads
+
+        config = _replace(  # the launcher's options know how many processes share a machine
+            self.config,
+            processes_per_machine=threads.processes_from_options(tables.pipeline.options),
+        )
         return tables | "Score" >> beam.ParDo(
-            dofn.RunV1InferenceDoFn(self.config, self._shared, self._progress_seconds)
+            dofn.RunV1InferenceDoFn(config, self._shared, self._progress_seconds)
         ).with_output_types(pa.Table).with_outputs(FAILED, main=SCORED)
 
 
@@ -155,6 +173,7 @@ class ScoreParquet(beam.PTransform):
     `DEAD_LETTER_PREFIX-SSSSS-of-NNNNN.parquet` (default `PREFIX-failed`). All checks
     that need no worker (model, tags, signature, outputs, the first file's schema) run
     when the transform is applied, so a bad argument fails before the pipeline starts.
+    `model_copies`: as for RunV1Inference.
     """
 
     def __init__(
@@ -175,10 +194,12 @@ class ScoreParquet(beam.PTransform):
         codec: str = "snappy",
         progress_seconds: float | None = None,
         example_feed: str = "auto",
+        model_copies: int | None = None,
         **load_options: Any,
     ):
         super().__init__()
         self.model = str(model)
+        self.model_copies = model_copies
         self.input_pattern = input_pattern
         self.output_prefix = output_prefix
         self.dead_letter_prefix = dead_letter_prefix or f"{output_prefix}-failed"
@@ -214,6 +235,7 @@ class ScoreParquet(beam.PTransform):
                 output_shapes=checked.output_shapes,
                 example_feed=self.example_feed,
                 checked=checked,
+                model_copies=self.model_copies,
                 **self.options,
                 **self.load_options,
             )
