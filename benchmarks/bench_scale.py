@@ -140,6 +140,30 @@ def run_variant(name: str, model: str, pattern: str, rows: int, out: str, dask=N
     }
 
 
+def _rates(full: dict, fixed: dict, rows: int) -> dict:
+    """Whole-run and steady rates (the fixed-cost run's time and CPU taken off)."""
+    return {
+        "fixed_s": fixed["seconds"],
+        "fixed_cpu_s": fixed["cpu_s"],
+        "rows_per_s": rows / full["seconds"],
+        "steady_rows_per_s": (rows - FIXED_ROWS) / max(full["seconds"] - fixed["seconds"], 1e-9),
+        "cpu_s_per_row": full["cpu_s"] / rows,
+        "steady_cpu_s_per_row": (full["cpu_s"] - fixed["cpu_s"]) / (rows - FIXED_ROWS),
+    }
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """Per number, the median over the rounds; each round's values kept under `rounds`."""
+    import statistics
+
+    out = dict(runs[-1])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = statistics.median(r[key] for r in runs)
+    out["rounds"] = [{k: v for k, v in r.items() if k != "cmd"} for r in runs]
+    return out
+
+
 def _hwm_mb(pid: int) -> float:
     """Peak RSS (VmHWM) of a live process, MiB."""
     with open(f"/proc/{pid}/status") as f:
@@ -163,6 +187,7 @@ def main(argv=None) -> int:
     p.add_argument("--big-rows", type=int, default=20_000)
     p.add_argument("--out", default=str(HERE / "out" / "scale"))
     p.add_argument("--variants", default="1proc,mp2,mp2-nob,dask2")
+    p.add_argument("--repeat", type=int, default=1, help="rounds, interleaved; medians reported")
     args = p.parse_args(argv)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -180,7 +205,8 @@ def main(argv=None) -> int:
     pattern = os.path.join(data, "part-*.parquet")
     fixed_pattern = os.path.join(data, "fixed", "*.parquet")
     variants = args.variants.split(",")
-    results: dict = {"rows": args.rows, "cores": len(os.sched_getaffinity(0)), "variants": {}}
+    results: dict = {"rows": args.rows, "cores": len(os.sched_getaffinity(0)),
+                     "repeat": args.repeat, "variants": {}}
     import contextlib
 
     with contextlib.ExitStack() as stack:
@@ -188,31 +214,32 @@ def main(argv=None) -> int:
         if "dask2" in variants:
             address = stack.enter_context(clusters.dask_cluster(out, workers=2))
             dask = (address, _dask_worker_pids(address))
-        for name in variants:
-            _say("variant", name)
-            full = run_variant(name, model, pattern, args.rows, os.path.join(out, name), dask)
-            fixed = run_variant(name, model, fixed_pattern, FIXED_ROWS,
-                                os.path.join(out, name + "-fixed"), dask)
-            full["fixed_s"] = fixed["seconds"]
-            full["fixed_cpu_s"] = fixed["cpu_s"]
-            # the CPU of the rows themselves: start-up, imports and load taken off
-            full["steady_cpu_s_per_row"] = (full["cpu_s"] - fixed["cpu_s"]) / (
-                args.rows - FIXED_ROWS)
-            full["rows_per_s"] = args.rows / full["seconds"]
-            full["steady_rows_per_s"] = args.rows / max(full["seconds"] - fixed["seconds"], 1e-9)
-            full["cpu_s_per_row"] = full["cpu_s"] / args.rows
-            results["variants"][name] = full
-            _say(name, json.dumps({k: v for k, v in full.items() if k != "cmd"}))
+        rounds: dict[str, list[dict]] = {name: [] for name in variants}
+        for i in range(args.repeat):  # interleaved: a busy shared machine slows all alike
+            for name in variants:
+                _say("round", i + 1, "variant", name)
+                full = run_variant(name, model, pattern, args.rows, os.path.join(out, name), dask)
+                fixed = run_variant(name, model, fixed_pattern, FIXED_ROWS,
+                                    os.path.join(out, name + "-fixed"), dask)
+                full.update(_rates(full, fixed, args.rows))
+                rounds[name].append(full)
+                _say(name, json.dumps({k: v for k, v in full.items() if k != "cmd"}))
+        for name, runs in rounds.items():
+            results["variants"][name] = _median_run(runs)
     if args.big_mb:
         big = os.path.join(out, f"big-{args.big_mb}")
         if not os.path.isdir(big):
             _say("building a model with a", args.big_mb, "MiB variable")
             build_big_model(big, args.big_mb)
+        tiny = os.path.join(out, "big-1")
+        if not os.path.isdir(tiny):  # the same graph with a 1 MiB variable: the baseline
+            build_big_model(tiny, 1)
         big_pattern = write_big_data(os.path.join(out, "bigdata"), args.big_rows)
         results["big"] = {"mb": args.big_mb, "rows": args.big_rows}
-        for name, extra in (("mp2", []), ("mp2-copies1", ["--model-copies", "1"])):
+        for name, path, extra in (("mp2-1MiB", tiny, []), ("mp2", big, []),
+                                  ("mp2-copies1", big, ["--model-copies", "1"])):
             _say("big model", name)
-            run = score_run(big, big_pattern, os.path.join(out, "big-" + name), MP2 + extra,
+            run = score_run(path, big_pattern, os.path.join(out, "big-" + name), MP2 + extra,
                             rows=args.big_rows)
             m = run["measured"]
             results["big"][name] = {
@@ -230,7 +257,8 @@ def report(results: dict) -> str:
     v = results["variants"]
     base = v.get("1proc")
     lines = [
-        f"{results['rows']:,} rows, {results['cores']} cores",
+        f"{results['rows']:,} rows, {results['cores']} cores, median of {results['repeat']} "
+        "interleaved round(s)",
         "",
         "| variant | rows/s | steady rows/s | fixed s | CPU us/row (whole) | "
         "CPU us/row (steady) | steady CPU vs 1proc | peak RSS MB process / tree | loads |",
@@ -247,16 +275,21 @@ def report(results: dict) -> str:
         )
     big = results.get("big")
     if big:
+        base_mb = big["mp2-1MiB"]["peak_tree_rss_mb"]
         lines += ["", f"Model with a {big['mb']} MiB variable, {big['rows']:,} rows, "
-                  "multi_processing x2:", "",
-                  "| variant | peak tree RSS MB | peak process RSS MB | model loads | s |",
-                  "|---|---:|---:|---:|---:|"]
-        for name in ("mp2", "mp2-copies1"):
+                  "multi_processing x2 (model MB = tree MB - the 1 MiB model's tree MB):", "",
+                  "| variant | peak tree RSS MB | model MB in the tree | peak process RSS MB "
+                  "| model loads | s |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for name in ("mp2-1MiB", "mp2", "mp2-copies1"):
             b = big[name]
-            lines.append(f"| {name} | {b['peak_tree_rss_mb']:,.0f} | {b['peak_rss_mb']:,.0f} | "
+            lines.append(f"| {name} | {b['peak_tree_rss_mb']:,.0f} | "
+                         f"{b['peak_tree_rss_mb'] - base_mb:,.0f} | {b['peak_rss_mb']:,.0f} | "
                          f"{b['model_loads']} | {b['seconds']:.1f} |")
         ratio = big["mp2-copies1"]["peak_tree_rss_mb"] / big["mp2"]["peak_tree_rss_mb"]
-        lines.append(f"\ntree RSS copies1 / default: {ratio:.2f}")
+        held = [(big[n]["peak_tree_rss_mb"] - base_mb) / big["mb"] for n in ("mp2", "mp2-copies1")]
+        lines.append(f"\ntree RSS copies1 / default: {ratio:.2f}; model copies held in the "
+                     f"tree: {held[0]:.2f}x (default) vs {held[1]:.2f}x (--model-copies 1)")
     return "\n".join(lines)
 
 
