@@ -123,3 +123,27 @@ def test_multi_processing_one_copy_scores_the_same_with_one_load(built_models, t
     assert len(loaded) == 1 and servers == set(loaded)
     assert len(set(users)) == 2  # both worker processes scored through the one copy
     assert str(os.getpid()) not in users + loaded
+
+
+def test_two_copies_load_twice_and_take_turns(built_models):
+    """model_copies=2: two servers, each loaded once; batches alternate between them."""
+    path = built_models["mlp"]
+    servers = []
+
+    def load():
+        servers.append(model_server.ModelServer(beam_v1.load(path), 5 + len(servers), None))
+        return servers[-1]
+
+    client = model_server.acquire(uuid.uuid4().hex, 2, load)
+    assert len(servers) == 2
+    assert client.take_load_report() == 6 and client.reported_loads == 2
+    assert client.take_load_report() is None and client.reported_loads == 0
+    x = np.random.default_rng(0).normal(size=(9, 4)).astype(np.float32)
+    (key,) = client.required_inputs()
+    want = servers[0].predict({key: x})
+    used = {client.server() is client.server() for _ in range(2)}
+    assert used == {False}  # consecutive calls go to different copies
+    for _ in range(3):
+        got = client.predict({key: x})
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])

@@ -173,7 +173,8 @@ class RunV1InferenceDoFn(beam.DoFn):
         self._pending: collections.deque = collections.deque()
         load_ms = self._holder.take_load_report()
         if load_ms is not None:
-            Metrics.counter(NAMESPACE, "model_loads").inc()
+            loads = getattr(self._holder, "reported_loads", 1)  # shared copies: maybe several
+            Metrics.counter(NAMESPACE, "model_loads").inc(loads)
             Metrics.distribution(NAMESPACE, "model_load_ms").update(load_ms)
             if self._holder.threads is not None:  # what the session got, per load
                 budget = self._holder.threads

@@ -112,6 +112,7 @@ class SharedModelClient:
         self.threads = info["threads"]
         self.server_pid: int = info["pid"]
         self._required = info["required_inputs"]
+        self.reported_loads = 0
         self.session = _RemoteSession(self)
 
     def server(self):
@@ -138,8 +139,11 @@ class SharedModelClient:
         return self.server().predict(dict(feeds), outputs, signature)
 
     def take_load_report(self) -> int | None:
+        """The longest load time of the copies not reported yet on this machine (None: all
+        were); `reported_loads` says how many copies that covers."""
         reports = [p.take_load_report() for p in self._proxies]
         loaded = [r for r in reports if r is not None]
+        self.reported_loads = len(loaded)
         return max(loaded) if loaded else None
 
 
