@@ -11,6 +11,11 @@ A proxy can only call methods, so the shared object is a `ModelServer` (predict,
 runs, metadata fetched once) and each process wraps its proxies in a `SharedModelClient`,
 which offers what `BatchScorer`, the plan and the tf.Example scorer use of a `V1Model`.
 Batches go round-robin over the copies.
+
+Limits (Beam's MultiProcessShared, as for RunInference): the serving process is one of the
+SDK workers, so it must live as long as the others use it (it does when workers live for the
+whole job: DirectRunner, Dask, portable workers); its `<tag>.address`/`.lock` files stay in
+the temp directory. Each transform instance gets its own tag, so runs never share copies.
 """
 
 from __future__ import annotations
