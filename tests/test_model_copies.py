@@ -6,8 +6,10 @@ with one model load on the machine."""
 
 from __future__ import annotations
 
+import glob
 import os
 import re
+import tempfile
 import uuid
 
 import numpy as np
@@ -106,6 +108,8 @@ def test_multi_processing_one_copy_scores_the_same_with_one_load(built_models, t
     path = built_models["mlp"]
     write_mlp_parquet(str(tmp_path / "in"), n_files=4, rows=250, row_group_size=50)
     pattern = str(tmp_path / "in" / "*.parquet")
+    leftovers = os.path.join(tempfile.gettempdir(), "beam-v1-*-copy*.address")
+    before = set(glob.glob(leftovers))
     runs = {}
     for copies in (0, 1):
         prefix = str(tmp_path / f"out{copies}" / "mp")
@@ -123,6 +127,8 @@ def test_multi_processing_one_copy_scores_the_same_with_one_load(built_models, t
     assert len(loaded) == 1 and servers == set(loaded)
     assert len(set(users)) == 2  # both worker processes scored through the one copy
     assert str(os.getpid()) not in users + loaded
+    # the serving worker removed its copy's address file when it exited
+    assert set(glob.glob(leftovers)) <= before
 
 
 def test_two_copies_load_twice_and_take_turns(built_models):

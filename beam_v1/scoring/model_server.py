@@ -20,6 +20,8 @@ the temp directory. Each transform instance gets its own tag, so runs never shar
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -157,6 +159,24 @@ def copy_tags(share_tag: str, copies: int) -> list[str]:
     return [f"beam-v1-{share_tag}-copy{i}" for i in range(copies)]
 
 
+def _load_and_clean_up_at_exit(load, tag: str):
+    """Runs in the serving process: load, and remove the tag's address and lock files (which
+    MultiProcessShared leaves in the temp dir) when this process exits."""
+    import atexit
+    import tempfile
+
+    server = load()
+    base = os.path.join(tempfile.gettempdir(), tag)
+
+    def remove() -> None:
+        for path in (base + ".address", base + ".lock"):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+    atexit.register(remove)
+    return server
+
+
 def acquire(share_tag: str, copies: int, load) -> SharedModelClient:
     """Connect to (or become the server of) each of `copies` shared copies.
 
@@ -165,7 +185,9 @@ def acquire(share_tag: str, copies: int, load) -> SharedModelClient:
 
     started = time.perf_counter()
     proxies = [
-        MultiProcessShared(load, tag=tag, always_proxy=True).acquire()
+        MultiProcessShared(
+            functools.partial(_load_and_clean_up_at_exit, load, tag), tag=tag, always_proxy=True
+        ).acquire()
         for tag in copy_tags(share_tag, copies)
     ]
     client = SharedModelClient(proxies)
