@@ -225,6 +225,7 @@ class ScoreTFRecord(beam.PTransform):
         column_map=None,
         progress_seconds: float | None = None,
         codec: str = "snappy",
+        model_copies: int | None = None,
         **load_options,
     ):
         super().__init__()
@@ -239,6 +240,7 @@ class ScoreTFRecord(beam.PTransform):
         self.num_shards = num_shards
         self.compression = compression_name(compression)
         self.load_options = load_options
+        self.model_copies = model_copies
         self.progress_seconds = progress_seconds
         self.codec = codec
         if column_map:
@@ -307,6 +309,7 @@ class ScoreTFRecord(beam.PTransform):
                 max_batch_bytes=self.max_batch_bytes,
                 progress_seconds=self.progress_seconds,
                 checked=self.checked,
+                model_copies=self.model_copies,
                 **self.load_options,
             )
         )

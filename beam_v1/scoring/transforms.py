@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -62,6 +63,12 @@ class RunV1Inference(beam.PTransform):
     "auto" feeds the parse op's outputs directly where that is exact, "serialize" always
     builds serialized examples. Batches hold at most `batch_size` rows and `max_batch_bytes`
     Arrow bytes (None: `DEFAULT_MAX_BATCH_BYTES`, 64 MiB); a single larger row runs alone.
+
+    `model_copies=N` (N >= 1) loads N sessions per machine, shared by all its worker
+    processes through a proxy (beam_v1.scoring.model_server), instead of one per process
+    (the default, 0 or None): for models too big to hold once per process. Each session's
+    thread pools are sized to its share of the machine's cores (beam_v1.model.threads);
+    the process count comes from the pipeline's options when they state it.
     """
 
     def __init__(
@@ -80,9 +87,12 @@ class RunV1Inference(beam.PTransform):
         max_batch_bytes: int | None = None,
         example_feed: str = "auto",
         checked: preflight.Checked | None = None,
+        model_copies: int | None = None,
         **load_options: Any,
     ):
         super().__init__()
+        if model_copies is not None and model_copies < 0:
+            raise ValueError(f"model_copies must be 0 or more, got {model_copies}")
         if max_batch_bytes is not None and max_batch_bytes < 1:
             raise ValueError(f"max_batch_bytes must be positive, got {max_batch_bytes}")
         if example_feed not in EXAMPLE_FEEDS:
@@ -102,6 +112,8 @@ class RunV1Inference(beam.PTransform):
             output_shapes=dofn.freeze_mapping(output_shapes),
             max_batch_bytes=max_batch_bytes or DEFAULT_MAX_BATCH_BYTES,
             example_feed=example_feed,
+            model_copies=model_copies or 0,
+            share_tag=uuid.uuid4().hex if model_copies else "",
         )
         self._progress_seconds = progress_seconds
         self._shared = shared.Shared()
@@ -133,8 +145,14 @@ class RunV1Inference(beam.PTransform):
             )
 
     def expand(self, tables):
+        from beam_v1.model import threads
+
+        config = _replace(  # the launcher's options know how many processes share a machine
+            self.config,
+            processes_per_machine=threads.processes_from_options(tables.pipeline.options),
+        )
         return tables | "Score" >> beam.ParDo(
-            dofn.RunV1InferenceDoFn(self.config, self._shared, self._progress_seconds)
+            dofn.RunV1InferenceDoFn(config, self._shared, self._progress_seconds)
         ).with_output_types(pa.Table).with_outputs(FAILED, main=SCORED)
 
     def display_data(self) -> dict[str, Any]:
@@ -166,6 +184,8 @@ class ScoreParquet(beam.PTransform):
     fed column missing) go to the dead letter with the reason (`schema_drift`). With
     `strict_schema=True` every file's footer is checked now instead, and such a file
     fails the transform before the pipeline starts.
+
+    `model_copies`: as for RunV1Inference.
     """
 
     def __init__(
@@ -187,10 +207,12 @@ class ScoreParquet(beam.PTransform):
         progress_seconds: float | None = None,
         example_feed: str = "auto",
         strict_schema: bool = False,
+        model_copies: int | None = None,
         **load_options: Any,
     ):
         super().__init__()
         self.model = str(model)
+        self.model_copies = model_copies
         self.input_pattern = input_pattern
         self.output_prefix = output_prefix
         self.dead_letter_prefix = dead_letter_prefix or f"{output_prefix}-failed"
@@ -230,6 +252,7 @@ class ScoreParquet(beam.PTransform):
                 output_shapes=checked.output_shapes,
                 example_feed=self.example_feed,
                 checked=checked,
+                model_copies=self.model_copies,
                 **self.options,
                 **self.load_options,
             )
