@@ -323,6 +323,7 @@ def test_score_multi_processing_from_s3(built_models, s3_server, s3_args, stagin
             "--output",
             prefix,
             "--quiet",
+            "--verbose",  # the workers' INFO lines say which staged copy they use
             "--direct_running_mode=multi_processing",
             "--direct_num_workers=2",
             *s3_args,
