@@ -19,8 +19,8 @@ from test_pipeline import MULTI_PROCESSING, read_outputs, write_mlp_parquet
 from test_sparse import good_table, with_bad_rows
 
 import beam_v1
-from beam_v1.cli.score import score
 from beam_v1.scoring import columns, model_server
+from beam_v1.scoring.job import score
 from beam_v1.scoring.scorer import BatchScorer
 
 
