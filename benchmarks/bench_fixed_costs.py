@@ -18,10 +18,14 @@ start (from /proc), when Python reached `site`, the import of `tensorflow`, `apa
 `beam_v1`, the preflight (`check_scoring`), each model load (`load_shared_model`), each batch
 scored (`_timed_score`: start, end, rows), Beam's worker shutdown (`close_all`) and `atexit`.
 Process exits and CPU seconds per process are sampled from /proc from outside every 50 ms.
-Every run's summary must count every input row. Results: OUT/fixed_costs.json and a table on
-stdout; the model fit is `scaling_fit`.
+Every run's summary must count every input row. Each run appends to OUT/fixed_costs.json;
+`--report` prints, from every run there: the terms per variant (medians), the model fitted on
+1 worker and checked on 2, the projection to 1B rows on 8, 64 and 512 workers, and the
+fixed cost of the DirectRunner variants phase by phase.
 
   python benchmarks/bench_fixed_costs.py --rows 2000000 --tiny-rows 1000 [--repeat 2]
+  python benchmarks/bench_fixed_costs.py --report
+  python benchmarks/bench_fixed_costs.py --exit-test 3   # interpreter exit vs os._exit
 """
 
 from __future__ import annotations
@@ -397,16 +401,6 @@ def _dask_worker_pids(probe: str, workers: int) -> list[int]:
 # ============================================================================ the model
 
 
-def _pick(results: list[dict], prefix: str) -> list[dict]:
-    return [r for r in results if r["name"].startswith(prefix)]
-
-
-def _median(values: list[float]) -> float:
-    import statistics
-
-    return statistics.median(values)
-
-
 def _phase(t: dict, n: int) -> dict:
     """One job's terms in wall s (this machine, as loaded) and CPU s (what an idle core would
     take for the single-threaded start-up and shutdown phases)."""
@@ -479,14 +473,11 @@ def terms(results: list[dict], prefix: str, n: int) -> dict:
     return out
 
 
-def predict(t1: dict, n: int, rows: float, cores: float | None, serial_s: float) -> dict:
-    """T(n, R) = startup(1) + R / rate(n) + shutdown(1) + (n - 1) * serial_s, where
-    rate(n) = n * rate(1), capped at cores / (CPU s per row) when `cores` is given.
-    Start-up is parallel (the workers start together); `serial_s` is what each further
-    worker adds one after the other (Beam's close of one worker)."""
+def predict(t1: dict, n: int, rows: float, serial_s: float) -> dict:
+    """T(n, R) = startup(1) + R / (n * rate(1)) + shutdown(1) + (n - 1) * serial_s: the
+    workers start together (start-up as one worker's), share the rows with efficiency 1, and
+    `serial_s` is what each further worker adds one after the other (Beam's close of one)."""
     rate = n * t1["rows_per_s"]
-    if cores:
-        rate = min(rate, cores / (t1["cpu_us_per_row"] * 1e-6))
     parts = {"startup_s": t1["startup_s"], "work_s": rows / rate,
              "shutdown_s": t1["shutdown_s"] + (n - 1) * serial_s}
     return {**parts, "wall_s": sum(parts.values()), "rows_per_s": rate}
@@ -499,17 +490,23 @@ def report(results: list[dict], rows_big: int, target_rows: float = 1e9) -> str:
              "start-up CPU s | finalize CPU s (launcher / worker) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     measured = {}
-    for prefix, n in (("dr", 1), ("mp1", 1), ("mp2", 2), ("dask1:warm", 1), ("dask2:warm", 2),
-                      ("dask1:cold", 1), ("dask2:cold", 2)):
+    variants = [("dr", 1), ("mp1", 1), ("mp2", 2)] + [
+        (f"dask{n}:{kind}{fix}", n) for fix in ("", "+fix") for kind in ("warm", "cold")
+        for n in (1, 2)
+    ]
+    for prefix, n in variants:
         fam, _, kind = prefix.partition(":")
+        kind, plus, _ = kind.partition("+")
+        # "+fix": the runs tagged -fix2 (dask_compat without the double scoring)
+        group = [r for r in results if ("-fix2" in r["name"]) == bool(plus)]
         try:
             if kind == "cold":  # a cold cluster ran only a tiny job: its rates are the warm ones
-                t = terms([r for r in results if "cold" in r["name"] or "big" in r["name"]],
+                t = terms([r for r in group if "cold" in r["name"] or "big" in r["name"]],
                           fam + ":", n)
-                t.update({k: v for k, v in measured[fam + ":warm"].items()
+                t.update({k: v for k, v in measured[prefix.replace("cold", "warm")].items()
                           if "per_row" in k or "rows_per_s" in k or k.startswith("work")})
             else:
-                t = terms(results, prefix, n)
+                t = terms(group, fam + ":" + kind, n)
         except (IndexError, ValueError, KeyError):
             continue
         measured[prefix] = t
@@ -531,15 +528,16 @@ def report(results: list[dict], rows_big: int, target_rows: float = 1e9) -> str:
     def row(fam, label, pred, got):
         lines.append(f"| {fam} | {label} | {pred:.1f} | {got:.1f} | {got / pred:.2f} |")
 
-    for fam, one, two in (("mp", "mp1", "mp2"), ("dask warm", "dask1:warm", "dask2:warm")):
+    for fam, one, two in (("mp", "mp1", "mp2"), ("dask warm", "dask1:warm", "dask2:warm"),
+                          ("dask warm, fixed", "dask1:warm+fix", "dask2:warm+fix")):
         if one not in measured or two not in measured:
             continue
         t1, t2 = measured[one], measured[two]
         serial = t1["close_all_s"]  # Beam closes each worker in turn; 0 on Dask
-        row(fam, "2 workers, 1,000 rows: wall", predict(t1, 2, 1000, None, serial)["wall_s"],
+        row(fam, "2 workers, 1,000 rows: wall", predict(t1, 2, 1000, serial)["wall_s"],
             t2["wall_s"])
         row(fam, f"2 workers, {rows_big:,} rows: wall",
-            predict(t1, 2, rows_big, None, serial)["wall_s"], t2["wall_big_s"])
+            predict(t1, 2, rows_big, serial)["wall_s"], t2["wall_big_s"])
         row(fam, "start-up CPU s (parallel: as 1 worker)", t1["cpu_startup_s"],
             t2["cpu_startup_s"])
         row(fam, "work CPU s per worker (half of 1 worker's)",
@@ -561,7 +559,9 @@ def projection(measured: dict, rows: float) -> str:
     lines = ["| runner | terms | N | start-up s | work s | shutdown s (serial part) | "
              "total s | dominant |", "|---|---|---:|---:|---:|---:|---:|---|"]
     for fam, key in (("multi_processing", "mp1"), ("Dask, warm cluster", "dask1:warm"),
-                     ("Dask, fresh cluster", "dask1:cold")):
+                     ("Dask, fresh cluster", "dask1:cold"),
+                     ("Dask fixed, warm cluster", "dask1:warm+fix"),
+                     ("Dask fixed, fresh cluster", "dask1:cold+fix")):
         if key not in measured:
             continue
         t = measured[key]
@@ -586,6 +586,99 @@ def projection(measured: dict, rows: float) -> str:
     return "\n".join(lines)
 
 
+def breakdown(results: list[dict], prefix: str) -> str:
+    """The fixed cost of the tiny runs of `prefix`, phase by phase (medians): wall s on this
+    machine and the CPU s of the process in that phase."""
+    import statistics
+
+    runs = [r for r in results if r["name"].startswith(prefix + "-tiny")]
+    phases: dict[str, list[tuple[float, float | None]]] = {}
+
+    def add(name, wall, cpu=None):
+        phases.setdefault(name, []).append((wall, cpu))
+
+    for r in runs:
+        L = r["launcher"]  # noqa: N806
+        ws = sorted(r["workers"].values(), key=lambda w: w["first_batch"])
+        add("launcher: start Python", L["python_up"])
+        add("launcher: import apache_beam", L["import_apache_beam"][1] - L["import_apache_beam"][0],
+            L["import_apache_beam"][2])
+        add("launcher: import tensorflow", L["import_tensorflow"][1] - L["import_tensorflow"][0],
+            L["import_tensorflow"][2])
+        add("launcher: checks before the run (no session)",
+            L["check_scoring"][1] - L["check_scoring"][0], L["check_scoring"][2])
+        w = ws[-1]  # the last worker to start scoring
+        if w["process_start"] is not None and w["process_start"] > 0:
+            add("launcher: pipeline and runner set-up, to the workers' start",
+                w["process_start"] - L["check_scoring"][1])
+            spread = max(x["process_start"] for x in ws) - min(x["process_start"] for x in ws)
+            add("workers: spread of their process starts (serial start?)", spread)
+            add("worker: start Python", w["python_up"] - w["process_start"])
+            add("worker: import apache_beam and Beam's worker set-up",
+                w["import_tensorflow"][0] - w["python_up"])
+            add("worker: import tensorflow", w["import_tensorflow"][1] - w["import_tensorflow"][0],
+                w["import_tensorflow"][2])
+            add("worker: to the model load", w["model_loads"][0][0] - w["import_tensorflow"][1])
+        add("worker: model load (one session)", w["model_loads"][0][1] - w["model_loads"][0][0],
+            w["model_loads"][0][2])
+        add("worker: to the first batch", w["first_batch"] - w["model_loads"][0][1])
+        add("= start-up (launch to the last worker's first batch)", w["first_batch"])
+        last = max(x["last_batch_end"] for x in ws)
+        if L["close_all"] and r["name"].startswith("mp"):
+            add("launcher: last batch to Beam's close_all (sink finalize)",
+                L["close_all"][0] - last)
+            for i, x in enumerate(sorted(ws, key=lambda x: x["exit"])):
+                add(f"close_all: worker {i + 1} exits (atexit to exit)", x["exit"] - x["atexit"],
+                    x["cpu_s"] - x["cpu_at_atexit"])
+            add("close_all in all", L["close_all"][1] - L["close_all"][0])
+        add("launcher: interpreter exit (atexit to exit)", L["exit"] - L["atexit"],
+            r["cpu_s_tree"] - L["cpu_at_atexit"] - sum(x["cpu_s"] for x in ws if x["exit"]
+                                                      != L["exit"]))
+        add("= shutdown (last batch end to exit)", r["shutdown_s"])
+        add("= whole process", r["wall_s"], r["cpu_s_tree"])
+    lines = [f"| {prefix}: phase ({len(runs)} run(s), median) | wall s | CPU s |",
+             "|---|---:|---:|"]
+    for name, values in phases.items():
+        wall = statistics.median(v[0] for v in values)
+        cpus = [v[1] for v in values if v[1] is not None]
+        cpu = f"{statistics.median(cpus):.2f}" if cpus else ""
+        lines.append(f"| {name} | {wall:.2f} | {cpu} |")
+    return "\n".join(lines)
+
+
+EXIT_CHILD = r"""
+import atexit, os, sys, time
+import apache_beam, numpy as np, tensorflow
+import beam_v1
+beam_v1.load(sys.argv[2]).predict({"x": np.zeros((10, 100), np.float32)})
+print(repr(time.time()), flush=True)
+if sys.argv[1] == "os._exit":  # what a CLI could do after a successful run
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+"""
+
+
+def exit_cost(model: str, rounds: int) -> list[dict]:
+    """Seconds from the end of the work (TensorFlow and Beam imported, a model loaded and run)
+    to the process's exit: a normal exit (interpreter finalisation) vs atexit + os._exit."""
+    rows = []
+    for rep in range(rounds):
+        for mode in ("normal", "os._exit"):
+            proc = subprocess.Popen([sys.executable, "-c", EXIT_CHILD, mode, model],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                    env=dict(os.environ, PYTHONPATH=CODE[0]))
+            done = float(proc.stdout.readline())
+            _, status, usage = os.wait4(proc.pid, 0)
+            after = round(time.time() - done, 3)
+            rows.append({"exit": mode, "round": rep, "exit_after_work_s": after,
+                         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+                         "status": os.waitstatus_to_exitcode(status)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 # ============================================================================ main
 
 
@@ -602,6 +695,8 @@ def main(argv: list[str] | None = None) -> int:
                    "holding beam_v1/) in the launcher; Dask workers get this tree too")
     p.add_argument("--tag", default="", help="appended to every run's name")
     p.add_argument("--report", action="store_true", help="only print the tables of OUT's runs")
+    p.add_argument("--exit-test", type=int, default=0, metavar="ROUNDS",
+                   help="only time a process's exit after the work, normal vs os._exit")
     args = p.parse_args(argv)
     CODE[0] = os.path.abspath(args.code)
     TAG[0] = args.tag
@@ -610,6 +705,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         results = json.loads(Path(out, "fixed_costs.json").read_text())
         print(report(results, args.rows))
+        for prefix in ("dr", "mp1", "mp2"):
+            print(breakdown(results, prefix) + "\n")
         return 0
     os.makedirs(out, exist_ok=True)
     model = os.path.join(out, "model")
@@ -618,6 +715,9 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.exists(os.path.join(model, "saved_model.pb")):
         shutil.rmtree(model, ignore_errors=True)
         build_model(model)
+    if args.exit_test:
+        exit_cost(model, args.exit_test)
+        return 0
     if not glob.glob(os.path.join(data, "*.parquet")):
         write_data(data, args.rows, args.rows_per_file, args.row_group_size)
     if not glob.glob(os.path.join(tiny, "*.parquet")):
