@@ -431,7 +431,8 @@ def _phase(t: dict, n: int) -> dict:
         "close_all_s": (launcher["close_all"][1] - launcher["close_all"][0])
         if launcher["close_all"] else 0.0,
         "cpu_startup_s": start_cpu,
-        "cpu_work_s": sum(w["cpu_at_last_batch_end"] - w["cpu_at_first_batch"] for w in ws),
+        # the job's CPU: the launcher's process tree, plus the cluster's processes on Dask
+        "cpu_job_s": t["cpu_s_tree"] + sum((t.get("worker_cpu_s") or {}).values()),
         "cpu_finalize_launcher_s": fin_launcher,
         "cpu_finalize_worker_s": max(fin_workers) if fin_workers else 0.0,
     }
@@ -460,7 +461,9 @@ def terms(results: list[dict], prefix: str, n: int) -> dict:
         wall_big_s=med(big, "wall_s"),
         span_rows_per_s=rows / med(big, "work_s"),  # first batch to last, in the workers
         scored_per_row=med(big, "scored_rows") / rows,
-        cpu_us_per_row=med(big, "cpu_work_s") / rows * 1e6,
+        # CPU per row beyond the fixed cost: reading, scoring and writing, every process
+        cpu_us_per_row=(med(big, "cpu_job_s") - med(tiny, "cpu_job_s"))
+        / (rows - tiny[0]["rows"]) * 1e6,
     )
     # steady rate: batches overlap reading on the DirectRunner (first batch to last); a Dask
     # task reads its whole partition before its first batch, so that reading is added: the
@@ -520,7 +523,8 @@ def report(results: list[dict], rows_big: int, target_rows: float = 1e9) -> str:
         )
     lines += ["", "Fit on 1 worker, checked on 2. Wall s on this machine as loaded; CPU s "
               "(the load-independent check) for the start-up (launcher, then the slowest "
-              "worker), one worker's share of the work, and the shutdown's serial part "
+              "worker), one worker's share of the job's CPU per row, and the shutdown's serial "
+              "part "
               "(each worker's exit in turn, then the launcher's):", "",
               "| family | point | predicted | measured | measured / predicted |",
               "|---|---|---:|---:|---:|"]
