@@ -256,4 +256,4 @@ def test_run_v1_inference_keeps_the_validated_options(built_models):
         built_models["mlp"], schema=pa.schema([("x", pa.list_(pa.float32(), 4))]),
         intra_op_threads=1, op_libraries=[],
     )
-    assert dict(transform.config.load_options) == {"intra_op_threads": 1}
+    assert transform.config.load == LoadOptions(intra_op_threads=1)

@@ -207,42 +207,29 @@ class ScoreTFRecord(beam.PTransform):
         self,
         model: str,
         input_pattern: str,
-        output_prefix: str,
-        dead_letter_prefix: str | None = None,
+        output_prefix,
         *,
         signature: str | None = None,
         tags=None,
-        outputs=None,
         decode_features: bool = False,
         compression: str | None = "auto",
-        batch_size: int = 65536,
-        max_batch_bytes: int | None = None,
-        num_shards: int = 0,
-        keep_columns=None,
-        column_map=None,
-        progress_seconds: float | None = None,
-        codec: str = "snappy",
-        **load_options,
+        **options,
     ):
         super().__init__()
-        from beam_v1.scoring import columns, dofn, preflight
+        from beam_v1.scoring import columns, preflight
+        from beam_v1.scoring.options import freeze_list, sort_options
 
         self.model = str(model)
         self.input_pattern = input_pattern
-        self.output_prefix = output_prefix
-        self.dead_letter_prefix = dead_letter_prefix or f"{output_prefix}-failed"
-        self.batch_size = batch_size
-        self.max_batch_bytes = max_batch_bytes
-        self.num_shards = num_shards
+        self.load, scoring, self.output = sort_options(options, output=output_prefix)
+        self.output_prefix = self.output.prefix
+        self.dead_letter_prefix = self.output.dead_letter_prefix
         self.compression = compression_name(compression)
-        self.load_options = load_options
-        self.progress_seconds = progress_seconds
-        self.codec = codec
-        if column_map:
+        if scoring.column_map:
             raise BeamV1Error("--map does not apply to TFRecord input: the records feed the "
                               "signature's serialized-example input.")
-        self.tags = dofn.freeze_list(tags)
-        prepared = preflight.check_model(self.model, self.tags, signature, load_options)
+        self.tags = freeze_list(tags)
+        prepared = preflight.check_model(self.model, self.tags, signature, self.load)
         local, sig = prepared.local_dir, prepared.signature()
         required = list(sig.inputs)
         self.signature = sig.key
@@ -255,15 +242,18 @@ class ScoreTFRecord(beam.PTransform):
         (self.input_key, spec), = specs.items()
         self.spec = spec if decode_features else None
         self.input_schema = _records_schema(self.spec)
-        self.outputs = dofn.freeze_list(outputs)
+        self.outputs = scoring.outputs
         keep = [n for n in self.input_schema.names if n != SERIALIZED_COLUMN]
-        if keep_columns is not None:
-            unknown = sorted(set(dofn.freeze_list(keep_columns)) - set(keep))
+        if scoring.keep_columns is not None:
+            unknown = sorted(set(scoring.keep_columns) - set(keep))
             if unknown:
                 raise BeamV1Error(f"--keep-columns {unknown}: TFRecord input has the columns "
                                   f"{keep} (features of the spec, with decode_features).")
-            keep = list(dofn.freeze_list(keep_columns))
+            keep = list(scoring.keep_columns)
         self.keep_columns = tuple(keep)
+        self.scoring = scoring.replace(
+            keep_columns=self.keep_columns, column_map={SERIALIZED_COLUMN: self.input_key}
+        )
         self.plan = columns.make_plan(
             sig, self.input_schema, required_inputs=required,
             column_map={SERIALIZED_COLUMN: self.input_key}, outputs=self.outputs,
@@ -291,27 +281,13 @@ class ScoreTFRecord(beam.PTransform):
             | "Match" >> fileio.MatchFiles(self.input_pattern)
             | "Spread" >> beam.Reshuffle()
             | "ReadTFRecord" >> beam.FlatMap(lambda m: read_records(m.path, compression))
-            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
+            | "Batch" >> beam.BatchElements(
+                min_batch_size=1, max_batch_size=self.scoring.batch_size
+            )
             | "ToArrow" >> beam.Map(lambda records: records_table(list(records), spec))
             | "Infer" >> RunV1Inference(
-                self.model,
-                signature=self.signature,
-                tags=self.tags,
-                outputs=self.outputs,
-                keep_columns=self.keep_columns,
-                column_map={SERIALIZED_COLUMN: self.input_key},
-                batch_size=self.batch_size,
-                max_batch_bytes=self.max_batch_bytes,
-                progress_seconds=self.progress_seconds,
+                self.model, self.signature, self.tags, load=self.load, scoring=self.scoring,
                 checked=self.checked,
-                **self.load_options,
             )
         )
-        return write_outputs(
-            scored,
-            self.checked,
-            output_prefix=self.output_prefix,
-            dead_letter_prefix=self.dead_letter_prefix,
-            codec=self.codec,
-            num_shards=self.num_shards,
-        )
+        return write_outputs(scored, self.checked, self.output)

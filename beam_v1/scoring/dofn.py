@@ -10,7 +10,6 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -22,7 +21,11 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_v1.io import staging
+from beam_v1.model.options import LoadOptions
 from beam_v1.scoring import latency
+from beam_v1.scoring.options import DEFAULT_MAX_BATCH_BYTES, ScoringOptions
+
+__all__ = ["DEFAULT_MAX_BATCH_BYTES", "RunV1InferenceDoFn", "ScoringConfig"]
 
 NAMESPACE = "beam_v1"
 SCORED = "scored"
@@ -30,31 +33,25 @@ FAILED = "failed"
 # batches scored while the DoFn's thread reads, converts and writes around them: the
 # session and pyarrow both release the GIL, so the three overlap
 IN_FLIGHT = 1
-# a batch's Arrow bytes when no budget is given: wide rows (images, documents) merge into
-# batches of this size, not of batch_size rows; numeric rows of a few KB still fill batch_size
-DEFAULT_MAX_BATCH_BYTES = 64 * 2**20
 
 _log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ScoringConfig:
-    """Everything a worker needs to load the model and plan its batches (picklable)."""
+    """Everything a worker needs to load the model and plan its batches (picklable).
+
+    `model`, `tags` and `signature` name the model; `load` says how to load it and `scoring`
+    how to cut, feed and write back its batches."""
 
     model: str
     tags: tuple[str, ...] | None = None
     signature: str | None = None
-    outputs: tuple[str, ...] | None = None
-    keep_columns: tuple[str, ...] | None = None
-    column_map: tuple[tuple[str, str], ...] = ()
-    batch_size: int = 65536
-    load_options: tuple[tuple[str, Any], ...] = ()
-    output_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
-    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES  # a batch's Arrow bytes (a bigger row: alone)
-    example_feed: str = "auto"  # tf.Example from columns: auto (direct when exact) | serialize
+    load: LoadOptions = LoadOptions()
+    scoring: ScoringOptions = ScoringOptions()
 
     def cache_key(self) -> str:
-        return repr((self.model, self.tags, self.signature, self.load_options))
+        return repr((self.model, self.tags, self.signature, self.load))
 
 
 class _SharedModel:
@@ -80,7 +77,7 @@ def load_shared_model(config: ScoringConfig):
 
     started = time.perf_counter()
     local = config.model  # load stages a remote model; setup..teardown holds the machine's copy
-    model = load(local, tags=config.tags, signature=config.signature, **dict(config.load_options))
+    model = load(local, tags=config.tags, signature=config.signature, **config.load.as_kwargs())
     _log.info("beam-v1 worker %d loaded %s", os.getpid(), config.model)
     return _SharedModel(model, int((time.perf_counter() - started) * 1000))
 
@@ -96,15 +93,10 @@ class RunV1InferenceDoFn(beam.DoFn):
     the global window.
     """
 
-    def __init__(
-        self,
-        config: ScoringConfig,
-        shared_handle: shared.Shared,
-        progress_seconds: float | None = None,
-    ):
+    def __init__(self, config: ScoringConfig, shared_handle: shared.Shared):
         self._config = config
         self._shared = shared_handle
-        self._progress_seconds = progress_seconds
+        self._progress_seconds = config.scoring.progress_seconds
         self._rows_in = Metrics.counter(NAMESPACE, "rows_in")
         self._rows_scored = Metrics.counter(NAMESPACE, "rows_scored")
         self._rows_failed = Metrics.counter(NAMESPACE, "rows_failed")
@@ -152,8 +144,8 @@ class RunV1InferenceDoFn(beam.DoFn):
             yield from self._flush(self._take_buffer())
         self._buffer.append(table)
         self._buffered += table.num_rows
-        size = self._config.batch_size
-        limit = self._config.max_batch_bytes
+        size = self._config.scoring.batch_size
+        limit = self._config.scoring.max_batch_bytes
         while self._buffered >= size or (
             self._buffered and sum(t.nbytes for t in self._buffer) > limit
         ):
@@ -211,13 +203,13 @@ class RunV1InferenceDoFn(beam.DoFn):
             from beam_v1.scoring import columns, preflight
             from beam_v1.scoring.scorer import BatchScorer
 
-            c = self._config
+            c, o = self._config, self._config.scoring
             sig = self._model.signature(c.signature)
             plan_kwargs = dict(
-                column_map=dict(c.column_map), outputs=c.outputs, keep_columns=c.keep_columns
+                column_map=dict(o.column_map), outputs=o.outputs, keep_columns=o.keep_columns
             )
-            shapes = dict(c.output_shapes)
-            unknown = [k for k in columns.unknown_rank_outputs(sig, c.outputs) if k not in shapes]
+            shapes = dict(o.output_shapes)
+            unknown = [k for k in columns.unknown_rank_outputs(sig, o.outputs) if k not in shapes]
             learnt = True
             if unknown:  # outputs of unknown rank: learn it from this batch's first rows
                 found, _ = preflight.learn_output_shapes(
@@ -228,8 +220,8 @@ class RunV1InferenceDoFn(beam.DoFn):
             from beam_v1.model import examples  # tf.Example signature fed from feature columns
 
             ex = examples.scorer_for_columns(
-                self._model, sig.key, schema, dict(c.column_map),
-                c.example_feed, c.outputs,
+                self._model, sig.key, schema, dict(o.column_map),
+                o.example_feed, o.outputs,
             )
             plan = columns.make_plan(
                 sig,
@@ -283,15 +275,3 @@ def rows_within_bytes(table: pa.Table, rows: int, limit: int) -> int:
 
 def _global(value) -> WindowedValue:
     return WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()])
-
-
-def freeze_mapping(mapping: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted((mapping or {}).items()))
-
-
-def freeze_list(values: Sequence[str] | str | None) -> tuple[str, ...] | None:
-    if values is None:
-        return None
-    if isinstance(values, str):
-        values = [v for v in values.split(",") if v]
-    return tuple(values)

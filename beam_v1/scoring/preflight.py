@@ -19,6 +19,7 @@ from beam_v1.model.options import LoadOptions
 from beam_v1.model.prepared import PreparedModel, prepare
 from beam_v1.schema_drift import FileSchemas
 from beam_v1.scoring import columns
+from beam_v1.scoring.options import ScoringOptions
 
 _log = logging.getLogger(__name__)
 
@@ -74,17 +75,17 @@ def check_scoring(
     *,
     tags: Sequence[str] | None = None,
     signature: str | None = None,
-    outputs: Sequence[str] | None = None,
-    keep_columns: Sequence[str] | None = None,
-    column_map: Mapping[str, str] | None = None,
-    load_options: Mapping | None = None,
+    scoring: ScoringOptions | None = None,
+    load: LoadOptions | None = None,
 ) -> Checked:
     """Run every check that needs no worker; raise a BeamV1Error naming what is available.
 
     The input's schema is the first file's; `check_every_file` holds the others to it.
     """
-    load_options = dict(load_options or {})
-    prepared = check_model(model, tags, signature, load_options)
+    scoring = scoring or ScoringOptions()
+    load_options = (load or LoadOptions()).as_kwargs()
+    outputs, keep_columns, column_map = scoring.outputs, scoring.keep_columns, scoring.column_map
+    prepared = check_model(model, tags, signature, load)
     local, sig = prepared.local_dir, prepared.signature()
     required = list(sig.inputs)
     files = match_files(input_pattern)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -14,10 +15,8 @@ from beam_v1.io.parquet_read import DRIFTED, ReadParquetRowGroups
 from beam_v1.io.parquet_write import WriteParquetTables
 from beam_v1.model.options import LoadOptions
 from beam_v1.scoring import dofn, preflight
-from beam_v1.scoring.dofn import DEFAULT_MAX_BATCH_BYTES, FAILED, SCORED, ScoringConfig
-
-DEFAULT_BATCH_SIZE = 65536
-EXAMPLE_FEEDS = ("auto", "serialize")  # tf.Example signatures fed from feature columns
+from beam_v1.scoring.dofn import FAILED, SCORED, ScoringConfig
+from beam_v1.scoring.options import OutputOptions, ScoringOptions, freeze_list, sort_options
 
 
 class ArrowTableCoder(beam.coders.Coder):
@@ -54,13 +53,22 @@ class RunV1Inference(beam.PTransform):
     output) and `result.failed` (tables of every input column + `error`). Rows in =
     rows scored + rows failed. The model loads once per worker process, in `setup()`.
 
-    If `schema` (the input's Arrow schema) is given, the plan is checked now, at
-    construction, instead of on the first batch a worker sees. `checked` passes on what
-    `preflight.check_scoring` already found for this model and input, so the model is not
-    checked twice. `example_feed` applies to tf.Example signatures fed from feature columns:
-    "auto" feeds the parse op's outputs directly where that is exact, "serialize" always
-    builds serialized examples. Batches hold at most `batch_size` rows and `max_batch_bytes`
-    Arrow bytes (None: `DEFAULT_MAX_BATCH_BYTES`, 64 MiB); a single larger row runs alone.
+    Args:
+      model: the SavedModel's folder (any filesystem Beam knows).
+      signature, tags: which signature of which meta graph (None: the defaults).
+      load: how the model is loaded (`LoadOptions`).
+      scoring: how batches are cut, fed and written back (`ScoringOptions`: batch size and
+        bytes, outputs, keep columns, column map, tf.Example feed).
+      schema: the input's Arrow schema, if known: the plan is then checked now, at
+        construction, instead of on the first batch a worker sees.
+      checked: what `preflight.check_scoring` already found for this model and input, so
+        the model is not checked twice.
+      **options: the fields of LoadOptions and ScoringOptions as flat keywords
+        (`batch_size=65536`, `intra_op_threads=2`); they override `load` / `scoring`.
+
+    Raises:
+      TypeError: an unknown option, naming the known ones; ValueError: a bad value;
+      BeamV1Error: the model, signature or (with `schema`) the plan does not check.
     """
 
     def __init__(
@@ -68,79 +76,51 @@ class RunV1Inference(beam.PTransform):
         model: str,
         signature: str | None = None,
         tags: Sequence[str] | str | None = None,
-        outputs: Sequence[str] | str | None = None,
-        keep_columns: Sequence[str] | str | None = None,
-        column_map: Mapping[str, str] | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
         *,
+        load: LoadOptions | None = None,
+        scoring: ScoringOptions | None = None,
         schema: pa.Schema | None = None,
-        progress_seconds: float | None = None,
-        output_shapes: Mapping[str, tuple[int, ...]] | None = None,
-        max_batch_bytes: int | None = None,
-        example_feed: str = "auto",
         checked: preflight.Checked | None = None,
-        **load_options: Any,
+        **options: Any,
     ):
         super().__init__()
-        if max_batch_bytes is not None and max_batch_bytes < 1:
-            raise ValueError(f"max_batch_bytes must be positive, got {max_batch_bytes}")
-        if example_feed not in EXAMPLE_FEEDS:
-            raise ValueError(f"example_feed must be one of {EXAMPLE_FEEDS}, got {example_feed!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        options = LoadOptions.of(**load_options)  # unknown options fail now, not on a worker
+        load, scoring, _ = sort_options(options, load=load, scoring=scoring)
         self.config = ScoringConfig(
-            model=str(model),
-            tags=dofn.freeze_list(tags),
-            signature=signature,
-            outputs=dofn.freeze_list(outputs),
-            keep_columns=dofn.freeze_list(keep_columns),
-            column_map=dofn.freeze_mapping(column_map),
-            batch_size=batch_size,
-            load_options=dofn.freeze_mapping(options.as_kwargs()),
-            output_shapes=dofn.freeze_mapping(output_shapes),
-            max_batch_bytes=max_batch_bytes or DEFAULT_MAX_BATCH_BYTES,
-            example_feed=example_feed,
+            model=str(model), tags=freeze_list(tags), signature=signature,
+            load=load, scoring=scoring,
         )
-        self._progress_seconds = progress_seconds
         self._shared = shared.Shared()
         if checked is not None:
-            self.config = _replace(self.config, signature=checked.signature.key)
+            self.config = dataclasses.replace(self.config, signature=checked.signature.key)
             return
-        prepared = preflight.check_model(self.config.model, self.config.tags, signature, options)
+        prepared = preflight.check_model(self.config.model, self.config.tags, signature, load)
         sig = prepared.signature()
-        self.config = _replace(self.config, signature=sig.key)
+        self.config = dataclasses.replace(self.config, signature=sig.key)
         if schema is not None:
             from beam_v1.scoring import columns
 
-            shapes = dict(output_shapes or {})
-            for key in columns.unknown_rank_outputs(sig, self.config.outputs):
+            shapes = dict(scoring.output_shapes)
+            for key in columns.unknown_rank_outputs(sig, scoring.outputs):
                 shapes.setdefault(key, (-1,))  # workers learn the rank from their first batch
             from beam_v1.model import examples
 
             spec = examples.example_input_without_column(  # tf.Example fed from feature columns
-                prepared.meta_graph, sig.key, schema, column_map
+                prepared.meta_graph, sig.key, schema, scoring.column_map
             )
             columns.make_plan(
                 sig,
                 examples.plan_schema(schema, spec.input_key) if spec else schema,
                 required_inputs=list(sig.inputs),
-                column_map=column_map,
-                outputs=self.config.outputs,
-                keep_columns=self.config.keep_columns,
+                column_map=scoring.column_map,
+                outputs=scoring.outputs,
+                keep_columns=scoring.keep_columns,
                 output_shapes=shapes,
             )
 
     def expand(self, tables):
         return tables | "Score" >> beam.ParDo(
-            dofn.RunV1InferenceDoFn(self.config, self._shared, self._progress_seconds)
+            dofn.RunV1InferenceDoFn(self.config, self._shared)
         ).with_output_types(pa.Table).with_outputs(FAILED, main=SCORED)
-
-
-def _replace(config: ScoringConfig, **changes) -> ScoringConfig:
-    import dataclasses
-
-    return dataclasses.replace(config, **changes)
 
 
 class ScoreParquet(beam.PTransform):
@@ -156,50 +136,33 @@ class ScoreParquet(beam.PTransform):
     fed column missing) go to the dead letter with the reason (`schema_drift`). With
     `strict_schema=True` every file's footer is checked now instead, and such a file
     fails the transform before the pipeline starts.
+
+    `output_prefix` is a prefix or an `OutputOptions`; `**options` are the fields of
+    LoadOptions, ScoringOptions and OutputOptions as flat keywords (`dead_letter_prefix`,
+    `num_shards`, `codec`, `batch_size`, ...), or typed as `load=` and `scoring=`.
     """
 
     def __init__(
         self,
         model: str,
         input_pattern: str,
-        output_prefix: str,
-        dead_letter_prefix: str | None = None,
+        output_prefix: str | OutputOptions,
         *,
         signature: str | None = None,
         tags: Sequence[str] | str | None = None,
-        outputs: Sequence[str] | str | None = None,
-        keep_columns: Sequence[str] | str | None = None,
-        column_map: Mapping[str, str] | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        max_batch_bytes: int | None = None,
-        num_shards: int = 0,
-        codec: str = "snappy",
-        progress_seconds: float | None = None,
-        example_feed: str = "auto",
         strict_schema: bool = False,
-        **load_options: Any,
+        **options: Any,
     ):
         super().__init__()
         self.model = str(model)
         self.input_pattern = input_pattern
-        self.output_prefix = output_prefix
-        self.dead_letter_prefix = dead_letter_prefix or f"{output_prefix}-failed"
-        self.options = dict(
-            signature=signature,
-            tags=dofn.freeze_list(tags),
-            outputs=dofn.freeze_list(outputs),
-            keep_columns=dofn.freeze_list(keep_columns),
-            column_map=dict(column_map or {}),
-        )
-        self.batch_size = batch_size
-        self.max_batch_bytes = max_batch_bytes
-        self.example_feed = example_feed
-        self.num_shards = num_shards
-        self.codec = codec
-        self.progress_seconds = progress_seconds
-        self.load_options = load_options
+        self.load, self.scoring, self.output = sort_options(options, output=output_prefix)
+        self.output_prefix = self.output.prefix
+        self.dead_letter_prefix = self.output.dead_letter_prefix
+        self.tags = freeze_list(tags)
         self.checked = preflight.check_scoring(
-            self.model, input_pattern, load_options=load_options, **self.options
+            self.model, input_pattern, tags=self.tags, signature=signature,
+            scoring=self.scoring, load=self.load,
         )
         if strict_schema:
             preflight.check_every_file(self.checked.input_files, self.checked.file_schemas)
@@ -209,42 +172,14 @@ class ScoreParquet(beam.PTransform):
         read = pbegin | "Read" >> ReadParquetRowGroups(
             self.input_pattern, schemas=checked.file_schemas
         )
-        scored = (
-            read.tables
-            | "Infer"
-            >> RunV1Inference(
-                self.model,
-                batch_size=self.batch_size,
-                max_batch_bytes=self.max_batch_bytes,
-                progress_seconds=self.progress_seconds,
-                output_shapes=checked.output_shapes,
-                example_feed=self.example_feed,
-                checked=checked,
-                **self.options,
-                **self.load_options,
-            )
+        scored = read.tables | "Infer" >> RunV1Inference(
+            self.model, checked.signature.key, self.tags, load=self.load,
+            scoring=self.scoring.replace(output_shapes=checked.output_shapes), checked=checked,
         )
-        return write_outputs(
-            scored,
-            checked,
-            output_prefix=self.output_prefix,
-            dead_letter_prefix=self.dead_letter_prefix,
-            codec=self.codec,
-            num_shards=self.num_shards,
-            drifted=read[DRIFTED],
-        )
+        return write_outputs(scored, checked, self.output, drifted=read[DRIFTED])
 
 
-def write_outputs(
-    scored,
-    checked: preflight.Checked,
-    *,
-    output_prefix: str,
-    dead_letter_prefix: str,
-    codec: str,
-    num_shards: int,
-    drifted=None,
-) -> dict:
+def write_outputs(scored, checked: preflight.Checked, output: OutputOptions, drifted=None) -> dict:
     """RunV1Inference's outputs -> scored and dead-letter Parquet files, with the schemas
     the checks before the run found. `drifted`: more dead-letter tables (rows of input files
     whose schema drifted), written with the failed rows."""
@@ -252,14 +187,14 @@ def write_outputs(
     # every table must match the one schema each sink writes (the first file's); ScoreParquet's
     # reader has cast each file's tables to it already (schema_drift), other inputs may not
     written = scored[SCORED] | "WriteScored" >> WriteParquetTables(
-        output_prefix, output_schema, codec=codec, num_shards=num_shards,
+        output.prefix, output_schema, codec=output.codec, num_shards=output.num_shards,
         conform=functools.partial(conform, schema=output_schema, what="scored"),
     )
     failed_tables = scored[FAILED]
     if drifted is not None:
         failed_tables = (failed_tables, drifted) | "AllFailed" >> beam.Flatten()
     failed = failed_tables | "WriteFailed" >> WriteParquetTables(
-        dead_letter_prefix, failed_schema, codec=codec,
+        output.dead_letter_prefix, failed_schema, codec=output.codec,
         conform=functools.partial(conform, schema=failed_schema, what="dead-letter"),
     )
     return {"scored": written, "failed": failed}
