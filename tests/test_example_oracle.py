@@ -31,6 +31,8 @@ import beam_v1
 from beam_v1.errors import SchemaError
 from beam_v1.model import examples
 from beam_v1.scoring import columns, preflight
+from beam_v1.scoring.options import ScoringOptions
+from beam_v1.scoring.plan import build_plan
 from beam_v1.scoring.scorer import BatchScorer
 
 v1 = tf.compat.v1
@@ -224,19 +226,18 @@ def table_for(draw, features: tuple):
 
 def batch_scorer(model, schema: pa.Schema, sample: pa.Table, feed: str) -> BatchScorer:
     """A BatchScorer planned as a RunV1Inference worker plans it (dofn): output ranks learnt
-    from the batch, the ExampleScorer for columns with `feed`, the plan on the example input."""
+    from the batch, the plan on the example input, the feed strategy for columns with `feed`."""
     sig = model.signature("serving_default")
-    plan_kwargs = dict(column_map={}, outputs=None, keep_columns=["row_id"])
+    scoring = ScoringOptions(keep_columns=["row_id"], example_feed=feed)
     unknown = columns.unknown_rank_outputs(sig, None)
     shapes = {}
     if unknown:
-        found, _ = preflight.learn_output_shapes(model, sig, schema, sample, plan_kwargs, unknown)
+        found, _ = preflight.learn_output_shapes(model, sig, schema, sample, scoring, unknown)
         shapes = found or {k: (-1,) for k in unknown}
+    plan = build_plan(model.prepared, sig, schema, scoring, shapes,
+                      required_inputs=model.required_inputs(sig.key))
     ex = examples.scorer_for_columns(model, sig.key, schema, {}, feed, None)
     assert ex is not None
-    plan = columns.make_plan(sig, examples.plan_schema(schema, ex.input_key),
-                             required_inputs=model.required_inputs(sig.key),
-                             output_shapes=shapes, **plan_kwargs)
     scorer = BatchScorer(model, plan, schema)
     ex.output_keys = tuple(plan.output_keys)
     scorer.examples = ex

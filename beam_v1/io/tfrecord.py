@@ -218,6 +218,7 @@ class ScoreTFRecord(beam.PTransform):
         super().__init__()
         from beam_v1.scoring import columns, preflight
         from beam_v1.scoring.options import freeze_list, sort_options
+        from beam_v1.scoring.plan import build_plan
 
         self.model = str(model)
         self.input_pattern = input_pattern
@@ -231,7 +232,6 @@ class ScoreTFRecord(beam.PTransform):
         self.tags = freeze_list(tags)
         prepared = preflight.check_model(self.model, self.tags, signature, self.load)
         local, sig = prepared.local_dir, prepared.signature()
-        required = list(sig.inputs)
         self.signature = sig.key
         specs = prepared.example_specs(sig.key)
         if len(specs) != 1:
@@ -254,12 +254,7 @@ class ScoreTFRecord(beam.PTransform):
         self.scoring = scoring.replace(
             keep_columns=self.keep_columns, column_map={SERIALIZED_COLUMN: self.input_key}
         )
-        self.plan = columns.make_plan(
-            sig, self.input_schema, required_inputs=required,
-            column_map={SERIALIZED_COLUMN: self.input_key}, outputs=self.outputs,
-            keep_columns=self.keep_columns,
-            output_shapes={k: (-1,) for k in columns.unknown_rank_outputs(sig, self.outputs)},
-        )
+        self.plan = build_plan(prepared, sig, self.input_schema, self.scoring)
         self.output_schema = self.plan.output_schema(self.input_schema)
         self.failed_schema = columns.failed_schema(self.input_schema)
         self.checked = preflight.Checked(  # what `beam-v1 score`'s summary reads

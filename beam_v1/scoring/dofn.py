@@ -200,35 +200,28 @@ class RunV1InferenceDoFn(beam.DoFn):
         schema = batch.schema
         scorer = self._scorers.get(schema)
         if scorer is None:
+            from beam_v1.model import examples
             from beam_v1.scoring import columns, preflight
+            from beam_v1.scoring.plan import build_plan
             from beam_v1.scoring.scorer import BatchScorer
 
             c, o = self._config, self._config.scoring
             sig = self._model.signature(c.signature)
-            plan_kwargs = dict(
-                column_map=dict(o.column_map), outputs=o.outputs, keep_columns=o.keep_columns
-            )
             shapes = dict(o.output_shapes)
             unknown = [k for k in columns.unknown_rank_outputs(sig, o.outputs) if k not in shapes]
             learnt = True
             if unknown:  # outputs of unknown rank: learn it from this batch's first rows
                 found, _ = preflight.learn_output_shapes(
-                    self._model, sig, schema, batch, plan_kwargs, unknown
+                    self._model, sig, schema, batch, o, unknown
                 )
                 learnt = found is not None
                 shapes.update(found or {k: (-1,) for k in unknown})
-            from beam_v1.model import examples  # tf.Example signature fed from feature columns
-
-            ex = examples.scorer_for_columns(
-                self._model, sig.key, schema, dict(o.column_map),
-                o.example_feed, o.outputs,
+            plan = build_plan(
+                self._model.prepared, sig, schema, o, shapes,
+                required_inputs=self._model.required_inputs(sig.key),
             )
-            plan = columns.make_plan(
-                sig,
-                examples.plan_schema(schema, ex.input_key) if ex else schema,
-                required_inputs=self._model.required_inputs(c.signature),
-                output_shapes=shapes,
-                **plan_kwargs,
+            ex = examples.scorer_for_columns(  # tf.Example signature fed from feature columns
+                self._model, sig.key, schema, o.column_map, o.example_feed, o.outputs
             )
             scorer = BatchScorer(self._model, plan, schema)
             if ex is not None:

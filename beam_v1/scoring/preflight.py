@@ -6,20 +6,23 @@ import concurrent.futures
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from beam_v1.errors import BeamV1Error, SchemaError
 from beam_v1.io.parquet_read import reading_parquet
-from beam_v1.model import examples
 from beam_v1.model.metadata import SignatureInfo
 from beam_v1.model.options import LoadOptions
 from beam_v1.model.prepared import PreparedModel, prepare
 from beam_v1.schema_drift import FileSchemas
 from beam_v1.scoring import columns
 from beam_v1.scoring.options import ScoringOptions
+from beam_v1.scoring.plan import build_plan
+
+if TYPE_CHECKING:  # the session module starts TensorFlow; the checks load it only to probe
+    from beam_v1.model.session import V1Model
 
 _log = logging.getLogger(__name__)
 
@@ -83,27 +86,18 @@ def check_scoring(
     The input's schema is the first file's; `check_every_file` holds the others to it.
     """
     scoring = scoring or ScoringOptions()
-    load_options = (load or LoadOptions()).as_kwargs()
-    outputs, keep_columns, column_map = scoring.outputs, scoring.keep_columns, scoring.column_map
     prepared = check_model(model, tags, signature, load)
     local, sig = prepared.local_dir, prepared.signature()
-    required = list(sig.inputs)
     files = match_files(input_pattern)
     schema = read_schema(files[0])
-    plan_kwargs = dict(column_map=column_map, outputs=outputs, keep_columns=keep_columns)
     output_shapes: dict[str, tuple[int, ...]] = {}
-    unknown = columns.unknown_rank_outputs(sig, outputs)
+    unknown = [
+        k for k in columns.unknown_rank_outputs(sig, scoring.outputs)
+        if k not in scoring.output_shapes
+    ]
     if unknown:
-        output_shapes = probe_output_shapes(
-            local, tags, sig, files[0], schema, plan_kwargs, load_options, unknown
-        )
-    spec = examples.example_input_without_column(  # tf.Example fed from feature columns
-        prepared.meta_graph, sig.key, schema, column_map
-    )
-    plan = columns.make_plan(
-        sig, examples.plan_schema(schema, spec.input_key) if spec else schema,
-        required_inputs=required, output_shapes=output_shapes, **plan_kwargs
-    )
+        output_shapes = probe_output_shapes(prepared, files[0], schema, scoring, unknown)
+    plan = build_plan(prepared, sig, schema, scoring, output_shapes)
     failed = columns.failed_schema(schema)
     return Checked(
         model_dir=local,
@@ -142,11 +136,14 @@ def _describe(schema: pa.Schema) -> str:
     return ", ".join(f"{f.name} {f.type}" for f in schema)
 
 
-def probe_output_shapes(local, tags, sig, first_file, schema, plan_kwargs, load_options, keys):
+def probe_output_shapes(
+    prepared: PreparedModel, first_file: str, schema: pa.Schema, scoring: ScoringOptions, keys
+) -> dict[str, tuple[int, ...]]:
     """Outputs of unknown rank: run the model on the first rows to learn each one's shape."""
-    from beam_v1.model.session import load
+    from beam_v1.model.session import V1Model
 
-    model = load(local, tags=tags, signature=sig.key, **load_options)
+    model = V1Model(prepared)
+    sig = model.signature(prepared.signature_key)
     try:
         with reading_parquet(first_file) as parquet:
             sample = next(parquet.iter_batches(batch_size=8), None)
@@ -156,7 +153,7 @@ def probe_output_shapes(local, tags, sig, first_file, schema, plan_kwargs, load_
                 "to learn their shapes from."
             )
         shapes, why = learn_output_shapes(
-            model, sig, schema, pa.Table.from_batches([sample]), plan_kwargs, keys
+            model, sig, schema, pa.Table.from_batches([sample]), scoring, keys
         )
         if shapes is None:
             raise SchemaError(
@@ -169,7 +166,15 @@ def probe_output_shapes(local, tags, sig, first_file, schema, plan_kwargs, load_
         model.close()
 
 
-def learn_output_shapes(model, sig, schema, sample: pa.Table, plan_kwargs, keys, probe_rows=8):
+def learn_output_shapes(
+    model: V1Model,
+    sig: SignatureInfo,
+    schema: pa.Schema,
+    sample: pa.Table,
+    scoring: ScoringOptions,
+    keys: Sequence[str],
+    probe_rows: int = 8,
+):
     """Run the model on a few feedable rows of `sample` to learn the rank of outputs `keys`.
 
     Returns (shapes, None), or (None, why) when no tried row could be fed and scored.
@@ -178,19 +183,13 @@ def learn_output_shapes(model, sig, schema, sample: pa.Table, plan_kwargs, keys,
     from beam_v1.model import examples  # a tf.Example signature fed from feature columns
     from beam_v1.scoring.scorer import BatchScorer, _RunFailed
 
-    ex = examples.scorer_for_columns(
-        model, sig.key, schema, plan_kwargs.get("column_map"), "serialize", keys
-    )
+    ex = examples.scorer_for_columns(model, sig.key, schema, scoring.column_map, "serialize", keys)
     if ex is not None:
         return examples.learn_output_shapes(ex, sample, probe_rows)
     # plan with every output's rank taken as "one value per row" to get feeds
-    guess = {k: (-1,) for k in keys}
-    plan = columns.make_plan(
-        sig,
-        schema,
+    plan = build_plan(
+        model.prepared, sig, schema, scoring, {k: (-1,) for k in keys},
         required_inputs=model.required_inputs(sig.key),
-        output_shapes=guess,
-        **plan_kwargs,
     )
     feeds = columns.to_feeds(sample, plan)
     if not feeds.groups:

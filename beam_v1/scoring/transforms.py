@@ -17,6 +17,7 @@ from beam_v1.model.options import LoadOptions
 from beam_v1.scoring import dofn, preflight
 from beam_v1.scoring.dofn import FAILED, SCORED, ScoringConfig
 from beam_v1.scoring.options import OutputOptions, ScoringOptions, freeze_list, sort_options
+from beam_v1.scoring.plan import build_plan
 
 
 class ArrowTableCoder(beam.coders.Coder):
@@ -97,25 +98,7 @@ class RunV1Inference(beam.PTransform):
         sig = prepared.signature()
         self.config = dataclasses.replace(self.config, signature=sig.key)
         if schema is not None:
-            from beam_v1.scoring import columns
-
-            shapes = dict(scoring.output_shapes)
-            for key in columns.unknown_rank_outputs(sig, scoring.outputs):
-                shapes.setdefault(key, (-1,))  # workers learn the rank from their first batch
-            from beam_v1.model import examples
-
-            spec = examples.example_input_without_column(  # tf.Example fed from feature columns
-                prepared.meta_graph, sig.key, schema, scoring.column_map
-            )
-            columns.make_plan(
-                sig,
-                examples.plan_schema(schema, spec.input_key) if spec else schema,
-                required_inputs=list(sig.inputs),
-                column_map=scoring.column_map,
-                outputs=scoring.outputs,
-                keep_columns=scoring.keep_columns,
-                output_shapes=shapes,
-            )
+            build_plan(prepared, sig, schema, scoring)  # raises what a worker would
 
     def expand(self, tables):
         return tables | "Score" >> beam.ParDo(
