@@ -19,11 +19,11 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 import beam_v1
 from beam_v1.errors import MissingOpsError, ModelFileError, SignatureNotFoundError
-from beam_v1.model import audit, examples, metadata
+from beam_v1.model import audit, metadata
 from beam_v1.model.options import LoadOptions
 from beam_v1.model.prepared import PreparedModel, prepare
 from beam_v1.model.session import V1Model
-from beam_v1.scoring import preflight
+from beam_v1.scoring import example_feeds, preflight
 
 v1 = tf.compat.v1
 
@@ -70,8 +70,9 @@ def test_tf_example_scorer_reads_no_proto(tmp_path):
     before = metadata.parse_count()
     with beam_v1.load(path) as model:
         table = fixture_table(20)
-        scorer = examples.scorer_for_columns(model, "serving_default", table.schema, {}, "auto",
-                                             None)
+        scorer = example_feeds.scorer_for_columns(
+            model, "serving_default", table.schema, {}, "auto", None
+        )
         rows, out, bad = scorer.score(table)
         assert metadata.parse_count() == before + 1  # load's prepare only
         assert model.prepared.example_specs("serving_default")["examples"] is scorer.spec

@@ -200,10 +200,9 @@ class RunV1InferenceDoFn(beam.DoFn):
         schema = batch.schema
         scorer = self._scorers.get(schema)
         if scorer is None:
-            from beam_v1.model import examples
             from beam_v1.scoring import columns, preflight
             from beam_v1.scoring.plan import build_plan
-            from beam_v1.scoring.scorer import BatchScorer
+            from beam_v1.scoring.scorer import BatchScorer, choose_feed
 
             c, o = self._config, self._config.scoring
             sig = self._model.signature(c.signature)
@@ -220,13 +219,8 @@ class RunV1InferenceDoFn(beam.DoFn):
                 self._model.prepared, sig, schema, o, shapes,
                 required_inputs=self._model.required_inputs(sig.key),
             )
-            ex = examples.scorer_for_columns(  # tf.Example signature fed from feature columns
-                self._model, sig.key, schema, o.column_map, o.example_feed, o.outputs
-            )
-            scorer = BatchScorer(self._model, plan, schema)
-            if ex is not None:
-                ex.output_keys = tuple(plan.output_keys)
-                scorer.examples = ex
+            feed = choose_feed(self._model, plan, schema, o)  # columns or tf.Example
+            scorer = BatchScorer(self._model, plan, schema, feed)
             if learnt:  # else no row could tell the shapes: try again with the next batch
                 self._scorers[schema] = scorer
         return scorer

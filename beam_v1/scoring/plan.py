@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 
-from beam_v1.model import examples
+from beam_v1.model import example_spec
 from beam_v1.model.metadata import SignatureInfo
 from beam_v1.model.prepared import PreparedModel
 from beam_v1.scoring import columns
@@ -26,13 +26,13 @@ from beam_v1.scoring.options import ScoringOptions
 
 def example_spec_for_columns(
     prepared: PreparedModel, signature: SignatureInfo, schema: pa.Schema, scoring: ScoringOptions
-) -> examples.ExampleSpec | None:
+) -> example_spec.ExampleSpec | None:
     """The ExampleSpec of `signature` when it is fed from feature columns, else None.
 
     Raises:
       SchemaError: a required feature has no column (every row would fail).
     """
-    return examples.example_input_without_column(
+    return example_spec.example_input_without_column(
         prepared.meta_graph, signature.key, schema, scoring.column_map
     )
 

@@ -180,12 +180,14 @@ def learn_output_shapes(
     Returns (shapes, None), or (None, why) when no tried row could be fed and scored.
     Used before a run (first rows of the first file) and by workers (first batch of a schema).
     """
-    from beam_v1.model import examples  # a tf.Example signature fed from feature columns
-    from beam_v1.scoring.scorer import BatchScorer, _RunFailed
+    from beam_v1.scoring import example_feeds  # a tf.Example signature fed from feature columns
+    from beam_v1.scoring.scorer import BatchScorer, ModelRunError
 
-    ex = examples.scorer_for_columns(model, sig.key, schema, scoring.column_map, "serialize", keys)
+    ex = example_feeds.scorer_for_columns(
+        model, sig.key, schema, scoring.column_map, "serialize", keys
+    )
     if ex is not None:
-        return examples.learn_output_shapes(ex, sample, probe_rows)
+        return example_feeds.learn_output_shapes(ex, sample, probe_rows)
     # plan with every output's rank taken as "one value per row" to get feeds
     plan = build_plan(
         model.prepared, sig, schema, scoring, {k: (-1,) for k in keys},
@@ -201,8 +203,8 @@ def learn_output_shapes(
         tries = [(0, n)] + ([(i, i + 1) for i in range(n)] if n > 1 else [])
         for start, stop in tries:
             try:
-                fetched = scorer._run({k: v[start:stop] for k, v in group.items()}, stop - start)
-            except _RunFailed as e:
+                fetched = scorer.run({k: v[start:stop] for k, v in group.items()}, stop - start)
+            except ModelRunError as e:
                 why = f"the model failed on them: {e}"
                 continue
             # fetched arrays have a leading row dim; the rest is learnt, each dim left variable
