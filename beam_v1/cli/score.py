@@ -130,7 +130,7 @@ def score(
         raise BeamV1Error("--compression applies to --input-format tfrecord (Parquet files "
                           "carry their own codec).")
     if input_format == "tfrecord":  # serialized tf.Examples (beam_v1.io.tfrecord)
-        from beam_v1.io.tfrecord import ScoreTFRecord
+        from beam_v1.scoring.transforms import ScoreTFRecord
 
         kwargs.pop("example_feed", None)  # the records are serialized examples already
         if kwargs.pop("strict_schema", False):
@@ -153,7 +153,7 @@ def score(
             **kwargs,
         )
     pipeline = beam.Pipeline(options=options)
-    _ = pipeline | "ScoreParquet" >> transform
+    _ = pipeline | transform  # labelled by its class: ScoreParquet or ScoreTFRecord
     # checks passed: drop an earlier (complete or killed) run's files so none mix with ours
     remove_earlier_outputs(output_prefix, transform.dead_letter_prefix)
     result = pipeline.run()

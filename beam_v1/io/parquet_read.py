@@ -8,10 +8,10 @@ and options stay Beam's. Work is split by row group: each (file, row group) is o
 element, spread across workers by a `Reshuffle` (and the files before it, so that their
 footers are read in parallel).
 
-Given the run's `schema_drift.FileSchemas`, each file's footer is judged where its row
-groups are read: tables of a file whose schema casts to the first file's are cast to it;
-rows of a file that does not go, with the reason, to the `DRIFTED` output as dead-letter
-rows (SPEC §8: schema drift is row data).
+Given a `FileJudge` (the scoring side's drift rule, `beam_v1.scoring.schema_drift`), each
+file's footer is judged where its row groups are read: tables of a file whose schema casts
+to the first file's are cast to it; rows of a file that does not go, with the reason, to the
+`DRIFTED` output as dead-letter rows (SPEC §8: schema drift is row data).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import Protocol
 
 import apache_beam as beam
 import pyarrow as pa
@@ -28,11 +29,26 @@ from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 
 from beam_v1.io import files
-from beam_v1.schema_drift import FileSchemas
 
 _log = logging.getLogger(__name__)
 DRIFTED = "drifted"  # tagged output: dead-letter rows of files whose schema drifted
 _OPEN_FILES = 4  # row groups arrive shuffled: keep a few files' footers open
+
+
+class FileJudge(Protocol):
+    """How a file's tables are held to the run's schema (picklable; the reader only calls)."""
+
+    def extra_columns(self, schema: pa.Schema) -> list[str]:
+        """Columns of a file with `schema` that the run's schema has not (dropped)."""
+
+    def problems(self, schema: pa.Schema) -> list[str]:
+        """Why tables of a file with `schema` cannot be cast to the run's schema (none: [])."""
+
+    def conform(self, table: pa.Table) -> pa.Table:
+        """`table` cast to the run's schema; pa.ArrowInvalid for a value that does not fit."""
+
+    def dead_letter(self, table: pa.Table, reason: str) -> pa.Table:
+        """`table`'s rows as dead-letter rows with `reason`."""
 
 
 def open_parquet(path: str) -> pq.ParquetFile:
@@ -68,7 +84,7 @@ def stored_bytes(row_group: pq.RowGroupMetaData, columns: list[str] | None = Non
 
 
 class _ReadRowGroupDoFn(beam.DoFn):
-    def __init__(self, columns: list[str] | None, schemas: FileSchemas | None = None):
+    def __init__(self, columns: list[str] | None, schemas: FileJudge | None = None):
         self._columns = columns
         self._schemas = schemas
         self._bytes_read = Metrics.counter("beam_v1", "input_bytes_read")
@@ -140,7 +156,7 @@ class ReadParquetRowGroups(beam.PTransform):
         file_pattern: str,
         columns: list[str] | None = None,
         *,
-        schemas: FileSchemas | None = None,
+        schemas: FileJudge | None = None,
     ):
         super().__init__()
         self._pattern = file_pattern

@@ -9,10 +9,13 @@ per schema it sees, the TFRecord source) builds it here, in the same steps:
    examples (`example_spec_for_columns` says which spec; `beam_v1.scoring.example_feeds`
    builds the examples);
 3. `columns.make_plan` checks the schema against the signature.
+`Checked` is what the checks before a run found (`preflight.check_source`): the plan and the
+schemas every worker and writer use.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
@@ -22,6 +25,7 @@ from beam_v1.model.metadata import SignatureInfo
 from beam_v1.model.prepared import PreparedModel
 from beam_v1.scoring import columns
 from beam_v1.scoring.options import ScoringOptions
+from beam_v1.scoring.schema_drift import FileSchemas
 
 
 def example_spec_for_columns(
@@ -72,3 +76,19 @@ def build_plan(
         keep_columns=scoring.keep_columns,
         output_shapes=shapes,
     )
+
+
+@dataclasses.dataclass
+class Checked:
+    """What the checks found: the plan every worker will use, and the schemas to write."""
+
+    model_dir: str  # local (staged) copy of the model
+    signature: SignatureInfo
+    plan: columns.FeedPlan
+    input_schema: pa.Schema
+    output_schema: pa.Schema
+    failed_schema: pa.Schema
+    input_files: list[str]
+    output_shapes: dict[str, tuple[int, ...]]
+    file_schemas: FileSchemas | None = None  # how later files are judged against the first
+    scoring: ScoringOptions | None = None  # as the source adapted them, shapes learnt

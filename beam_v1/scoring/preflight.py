@@ -2,63 +2,25 @@
 
 from __future__ import annotations
 
-import concurrent.futures
-import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-from apache_beam.io.filesystems import FileSystems
 
-from beam_v1.errors import BeamV1Error, SchemaError
-from beam_v1.io.parquet_read import reading_parquet
+from beam_v1.errors import SchemaError
 from beam_v1.model.metadata import SignatureInfo
 from beam_v1.model.options import LoadOptions
 from beam_v1.model.prepared import PreparedModel, prepare
-from beam_v1.schema_drift import FileSchemas
-from beam_v1.scoring import columns
+from beam_v1.scoring import columns, sources
 from beam_v1.scoring.options import ScoringOptions
-from beam_v1.scoring.plan import build_plan
+from beam_v1.scoring.plan import Checked, build_plan
+from beam_v1.scoring.schema_drift import FileSchemas
 
 if TYPE_CHECKING:  # the session module starts TensorFlow; the checks load it only to probe
     from beam_v1.model.session import V1Model
 
 _log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class Checked:
-    """What the checks found: the plan every worker will use, and the schemas to write."""
-
-    model_dir: str  # local (staged) copy of the model
-    signature: SignatureInfo
-    plan: columns.FeedPlan
-    input_schema: pa.Schema
-    output_schema: pa.Schema
-    failed_schema: pa.Schema
-    input_files: list[str]
-    output_shapes: dict[str, tuple[int, ...]]
-    file_schemas: FileSchemas | None = None  # how later files are judged against the first
-
-
-def match_files(pattern: str) -> list[str]:
-    try:
-        matched = FileSystems.match([pattern])[0].metadata_list
-    except Exception as e:  # BeamIOError for a bad pattern or an unreachable filesystem
-        raise BeamV1Error(f"Cannot list input files {pattern!r}: {e}") from e
-    files = sorted(m.path for m in matched)
-    if not files:
-        raise BeamV1Error(f"No input file matches {pattern!r}.")
-    return files
-
-
-def read_schema(path: str) -> pa.Schema:
-    try:
-        with reading_parquet(path) as parquet:
-            return parquet.schema_arrow
-    except Exception as e:
-        raise BeamV1Error(f"Cannot read the Parquet footer of {path}: {e}") from e
 
 
 def check_model(
@@ -81,26 +43,44 @@ def check_scoring(
     scoring: ScoringOptions | None = None,
     load: LoadOptions | None = None,
 ) -> Checked:
+    """`check_source` for Parquet files matching `input_pattern`."""
+    return check_source(
+        model, sources.ParquetSource(input_pattern), tags=tags, signature=signature,
+        scoring=scoring, load=load,
+    )
+
+
+def check_source(
+    model: str,
+    source: sources.ArrowSource,
+    *,
+    tags: Sequence[str] | None = None,
+    signature: str | None = None,
+    scoring: ScoringOptions | None = None,
+    load: LoadOptions | None = None,
+) -> Checked:
     """Run every check that needs no worker; raise a BeamV1Error naming what is available.
 
-    The input's schema is the first file's; `check_every_file` holds the others to it.
+    The model is prepared once; the source gives its files, its tables' schema (for Parquet
+    the first file's) and the first rows for outputs of unknown rank; the plan is built from
+    them (`build_plan`), and then the source checks the whole input (`strict_schema`).
     """
-    scoring = scoring or ScoringOptions()
     prepared = check_model(model, tags, signature, load)
-    local, sig = prepared.local_dir, prepared.signature()
-    files = match_files(input_pattern)
-    schema = read_schema(files[0])
+    sig = prepared.signature()
+    files = source.files()
+    schema, scoring = source.input_schema(prepared, sig, files, scoring or ScoringOptions())
     output_shapes: dict[str, tuple[int, ...]] = {}
     unknown = [
         k for k in columns.unknown_rank_outputs(sig, scoring.outputs)
         if k not in scoring.output_shapes
     ]
-    if unknown:
-        output_shapes = probe_output_shapes(prepared, files[0], schema, scoring, unknown)
+    sample = source.sample(files) if unknown else None
+    if sample is not None:
+        output_shapes = probe_output_shapes(prepared, (files[0], sample), schema, scoring, unknown)
     plan = build_plan(prepared, sig, schema, scoring, output_shapes)
     failed = columns.failed_schema(schema)
-    return Checked(
-        model_dir=local,
+    checked = Checked(
+        model_dir=prepared.local_dir,
         signature=sig,
         plan=plan,
         input_schema=schema,
@@ -109,56 +89,37 @@ def check_scoring(
         input_files=files,
         output_shapes=output_shapes,
         file_schemas=FileSchemas.from_plan(schema, failed, plan),
+        scoring=scoring.replace(output_shapes={**scoring.output_shapes, **output_shapes}),
     )
-
-
-def check_every_file(files: Sequence[str], file_schemas: FileSchemas, threads: int = 16) -> None:
-    """Read the footer of each of `files` (the first is the run's schema); raise a SchemaError
-    naming every file whose schema does not cast to the first file's, and why."""
-    with concurrent.futures.ThreadPoolExecutor(min(threads, max(len(files) - 1, 1))) as pool:
-        schemas = list(pool.map(read_schema, files[1:]))
-    offending = [
-        (path, found)
-        for path, found in ((p, file_schemas.problems(s)) for p, s in zip(files[1:], schemas))
-        if found
-    ]
-    if offending:
-        described = "; ".join(f"{path}: {', '.join(found)}" for path, found in offending)
-        raise SchemaError(
-            f"--strict-schema: {len(offending)} of {len(files)} input files do not fit the "
-            f"first input file's schema ({files[0]}: {_describe(file_schemas.schema)}). "
-            f"{described}. Without --strict-schema (API: strict_schema=False) the rows of "
-            "such files go to the dead letter with this reason and the other files are scored."
-        )
-
-
-def _describe(schema: pa.Schema) -> str:
-    return ", ".join(f"{f.name} {f.type}" for f in schema)
+    source.check(checked)
+    return checked
 
 
 def probe_output_shapes(
-    prepared: PreparedModel, first_file: str, schema: pa.Schema, scoring: ScoringOptions, keys
+    prepared: PreparedModel,
+    first_rows: tuple[str, pa.Table],
+    schema: pa.Schema,
+    scoring: ScoringOptions,
+    keys: Sequence[str],
 ) -> dict[str, tuple[int, ...]]:
-    """Outputs of unknown rank: run the model on the first rows to learn each one's shape."""
-    from beam_v1.model.session import V1Model
+    """Outputs of unknown rank: run the model on the first rows (of the file named) to learn
+    each one's shape."""
+    from beam_v1.model.session import V1Model  # deferred: starts TensorFlow
 
-    model = V1Model(prepared)
-    sig = model.signature(prepared.signature_key)
-    try:
-        with reading_parquet(first_file) as parquet:
-            sample = next(parquet.iter_batches(batch_size=8), None)
-        if sample is None or sample.num_rows == 0:
-            raise SchemaError(
-                f"Outputs {keys} have unknown rank and {first_file} has no rows "
-                "to learn their shapes from."
-            )
-        shapes, why = learn_output_shapes(
-            model, sig, schema, pa.Table.from_batches([sample]), scoring, keys
+    first_file, sample = first_rows
+    if sample.num_rows == 0:
+        raise SchemaError(
+            f"Outputs {list(keys)} have unknown rank and {first_file} has no rows "
+            "to learn their shapes from."
         )
+    model = V1Model(prepared)
+    try:
+        sig = model.signature(prepared.signature_key)
+        shapes, why = learn_output_shapes(model, sig, schema, sample, scoring, keys)
         if shapes is None:
             raise SchemaError(
-                f"Outputs {keys} have unknown rank and none of the first rows of {first_file} "
-                f"can be scored to learn their shapes: {why}"
+                f"Outputs {list(keys)} have unknown rank and none of the first rows of "
+                f"{first_file} can be scored to learn their shapes: {why}"
             )
         _log.info("Learnt shapes of unknown-rank outputs from %s: %s", first_file, shapes)
         return shapes

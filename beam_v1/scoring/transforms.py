@@ -1,4 +1,5 @@
-"""Beam PTransforms: RunV1Inference (Arrow tables in, scored/failed tables out) and ScoreParquet."""
+"""Beam PTransforms: RunV1Inference (Arrow tables in, scored/failed tables out), and Score
+(an Arrow source in, Parquet files out) with its wrappers ScoreParquet and ScoreTFRecord."""
 
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.utils import shared
 
-from beam_v1.io.parquet_read import DRIFTED, ReadParquetRowGroups
 from beam_v1.io.parquet_write import WriteParquetTables
 from beam_v1.model.options import LoadOptions
-from beam_v1.scoring import dofn, preflight
+from beam_v1.scoring import dofn, preflight, sources
 from beam_v1.scoring.dofn import FAILED, SCORED, ScoringConfig
 from beam_v1.scoring.options import OutputOptions, ScoringOptions, freeze_list, sort_options
-from beam_v1.scoring.plan import build_plan
+from beam_v1.scoring.plan import Checked, build_plan
 
 
 class ArrowTableCoder(beam.coders.Coder):
@@ -81,7 +81,7 @@ class RunV1Inference(beam.PTransform):
         load: LoadOptions | None = None,
         scoring: ScoringOptions | None = None,
         schema: pa.Schema | None = None,
-        checked: preflight.Checked | None = None,
+        checked: Checked | None = None,
         **options: Any,
     ):
         super().__init__()
@@ -100,19 +100,78 @@ class RunV1Inference(beam.PTransform):
         if schema is not None:
             build_plan(prepared, sig, schema, scoring)  # raises what a worker would
 
+    def display_data(self) -> dict:
+        return _display(self.config.model, self.config.signature, self.config.scoring)
+
     def expand(self, tables):
         return tables | "Score" >> beam.ParDo(
             dofn.RunV1InferenceDoFn(self.config, self._shared)
         ).with_output_types(pa.Table).with_outputs(FAILED, main=SCORED)
 
 
-class ScoreParquet(beam.PTransform):
-    """Read Parquet -> RunV1Inference -> write Parquet and a dead-letter Parquet.
+class Score(beam.PTransform):
+    """Read an Arrow source -> RunV1Inference -> write Parquet and a dead-letter Parquet.
 
-    Output files are `PREFIX-SSSSS-of-NNNNN.parquet`; failed rows go to
-    `DEAD_LETTER_PREFIX-SSSSS-of-NNNNN.parquet` (default `PREFIX-failed`). All checks
-    that need no worker (model, tags, signature, outputs, the first file's schema) run
-    when the transform is applied, so a bad argument fails before the pipeline starts.
+    Output files are `PREFIX-SSSSS-of-NNNNN.parquet`; failed rows (and the source's drifted
+    rows) go to `DEAD_LETTER_PREFIX-SSSSS-of-NNNNN.parquet` (default `PREFIX-failed`). All
+    checks that need no worker (model, tags, signature, outputs, the source's schema) run at
+    construction (`preflight.check_source`), so a bad argument fails before the pipeline
+    starts; the step names say the source ("ReadParquet", "ReadTFRecord").
+
+    Args:
+      source: a `sources.ParquetSource` or `sources.TFRecordSource` (any `ArrowSource`).
+      model: the SavedModel's folder (any filesystem Beam knows).
+      output: the output prefix, or an `OutputOptions`.
+      signature, tags: which signature of which meta graph (None: the defaults).
+      **options: the fields of LoadOptions, ScoringOptions and OutputOptions as flat
+        keywords, or typed as `load=` and `scoring=`.
+
+    Attributes (after construction): `checked` (what the checks found), `output`,
+    `output_prefix`, `dead_letter_prefix`, `model`, `input_pattern`.
+    """
+
+    def __init__(
+        self,
+        source: sources.ArrowSource,
+        model: str,
+        output: str | OutputOptions,
+        *,
+        signature: str | None = None,
+        tags: Sequence[str] | str | None = None,
+        **options: Any,
+    ):
+        super().__init__()
+        self.source = source
+        self.model = str(model)
+        self.input_pattern = source.pattern
+        self.load, scoring, self.output = sort_options(options, output=output)
+        self.output_prefix = self.output.prefix
+        self.dead_letter_prefix = self.output.dead_letter_prefix
+        self.tags = freeze_list(tags)
+        self.checked = preflight.check_source(
+            self.model, source, tags=self.tags, signature=signature, scoring=scoring,
+            load=self.load,
+        )
+        self.scoring = self.checked.scoring
+
+    def display_data(self) -> dict:
+        shown = _display(self.model, self.checked.signature.key, self.scoring)
+        shown.update(source=self.source.label, input=self.input_pattern,
+                     output=self.output_prefix, dead_letter=self.dead_letter_prefix)
+        return shown
+
+    def expand(self, pbegin):
+        checked = self.checked
+        read = pbegin | f"Read{self.source.label}" >> self.source.read(checked, self.scoring)
+        scored = read["tables"] | "Infer" >> RunV1Inference(
+            self.model, checked.signature.key, self.tags, load=self.load,
+            scoring=self.scoring, checked=checked,
+        )
+        return write_outputs(scored, checked, self.output, drifted=read.get("drifted"))
+
+
+class ScoreParquet(Score):
+    """`Score` over Parquet files matching `input_pattern` (`sources.ParquetSource`).
 
     The first file's schema is the run's: a later file's columns are cast to it where that
     is safe, and the rows of a file that cannot be (a column that cannot feed its input, a
@@ -131,38 +190,52 @@ class ScoreParquet(beam.PTransform):
         input_pattern: str,
         output_prefix: str | OutputOptions,
         *,
-        signature: str | None = None,
-        tags: Sequence[str] | str | None = None,
         strict_schema: bool = False,
         **options: Any,
     ):
-        super().__init__()
-        self.model = str(model)
-        self.input_pattern = input_pattern
-        self.load, self.scoring, self.output = sort_options(options, output=output_prefix)
-        self.output_prefix = self.output.prefix
-        self.dead_letter_prefix = self.output.dead_letter_prefix
-        self.tags = freeze_list(tags)
-        self.checked = preflight.check_scoring(
-            self.model, input_pattern, tags=self.tags, signature=signature,
-            scoring=self.scoring, load=self.load,
-        )
-        if strict_schema:
-            preflight.check_every_file(self.checked.input_files, self.checked.file_schemas)
-
-    def expand(self, pbegin):
-        checked = self.checked
-        read = pbegin | "Read" >> ReadParquetRowGroups(
-            self.input_pattern, schemas=checked.file_schemas
-        )
-        scored = read.tables | "Infer" >> RunV1Inference(
-            self.model, checked.signature.key, self.tags, load=self.load,
-            scoring=self.scoring.replace(output_shapes=checked.output_shapes), checked=checked,
-        )
-        return write_outputs(scored, checked, self.output, drifted=read[DRIFTED])
+        source = sources.ParquetSource(input_pattern, strict_schema=strict_schema)
+        super().__init__(source, model, output_prefix, **options)
 
 
-def write_outputs(scored, checked: preflight.Checked, output: OutputOptions, drifted=None) -> dict:
+class ScoreTFRecord(Score):
+    """`Score` over TFRecord files of serialized tf.Example (`sources.TFRecordSource`).
+
+    The serialized examples feed the signature's string input as they are (the graph parses
+    them); with `decode_features=True` the examples' features are also written, decoded, as
+    kept columns (one list column per feature of the signature's spec). `compression`: 'auto'
+    (default: each file's first bytes tell uncompressed, GZIP or ZLIB, whatever its name), or
+    'none' | 'gzip' | 'zlib' (TensorFlow's '', 'GZIP', 'ZLIB') as `tf.data.TFRecordDataset`'s
+    `compression_type`; see `beam_v1.io.tfrecord.read_records`. Other keywords as `Score`.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        input_pattern: str,
+        output_prefix: str | OutputOptions,
+        *,
+        decode_features: bool = False,
+        compression: str | None = "auto",
+        **options: Any,
+    ):
+        source = sources.TFRecordSource(
+            input_pattern, compression=compression, decode_features=decode_features
+        )
+        super().__init__(source, model, output_prefix, **options)
+
+
+def _display(model: str, signature: str | None, scoring: ScoringOptions) -> dict:
+    """What Beam's monitoring shows of a scoring transform (`display_data`)."""
+    shown = {"model": model, "batch_size": scoring.batch_size,
+             "max_batch_bytes": scoring.max_batch_bytes}
+    if signature is not None:
+        shown["signature"] = signature
+    if scoring.outputs is not None:
+        shown["outputs"] = ",".join(scoring.outputs)
+    return shown
+
+
+def write_outputs(scored, checked: Checked, output: OutputOptions, drifted=None) -> dict:
     """RunV1Inference's outputs -> scored and dead-letter Parquet files, with the schemas
     the checks before the run found. `drifted`: more dead-letter tables (rows of input files
     whose schema drifted), written with the failed rows."""
