@@ -12,9 +12,13 @@ in `beam_v1.errors`. The Keras 3 layer is `beam_v1.keras.V1Layer`.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import Any
 
-__version__ = "0.1.0"
+try:  # the one version is pyproject.toml's, as installed
+    __version__ = importlib.metadata.version("beam-v1")
+except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "0+unknown"
 
 _EXPORTS = {
     "inspect": "beam_v1.model.inspect",
@@ -38,7 +42,7 @@ _EXPORTS = {
     "OutputOptions": "beam_v1.scoring.options",
     "DumpVariables": "beam_v1.variables.dump",
     "WriteVariables": "beam_v1.variables.dump",
-    "read_variables": "beam_v1.variables.checkpoint",
+    "read_variables": "beam_v1.variables.read",
     "read_checkpoint": "beam_v1.variables.checkpoint",
     "list_variables": "beam_v1.variables.checkpoint",
     "BeamV1Error": "beam_v1.errors",

@@ -14,6 +14,8 @@ files, row groups of --row-group-size rows), then measures on them:
   @fixed (a), (b), (b2) on a 1,000-row file: fixed costs, subtracted for steady-state rates
   (a-ov) on request: (a) with the session in a second thread, one batch in flight
   b:NAME on request: (b) with a patched copy of beam_v1 (--b-variant) or extra flags (--b-args)
+  memory on request: (b)'s pipeline in one process, sampled: RSS at peak split into Arrow's pool,
+         glibc malloc (in use, free but held, mmapped) and the rest (--memory-pools: per pool)
 
 Every variant runs in its own process; wall time, CPU time and peak RSS (the process, and the
 sum over its process tree, sampled from /proc) are measured from outside. rows/s uses the time
@@ -369,9 +371,88 @@ def worker_runinference(model: str, pattern: str, out_dir: str, max_batch: int) 
     return {"rows": rows, "seconds": seconds}
 
 
+def _memory_now() -> dict:
+    """RSS (MB), Arrow's allocated bytes, and glibc malloc's heap in use, free-but-held and
+    mmapped chunks (mallinfo2), in MB."""
+    import ctypes
+
+    import pyarrow as pa
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    status = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                status[key] = int(value.split()[0]) // 1024
+    return {
+        "rss": status.get("VmRSS", 0),
+        "rss_anon": status.get("RssAnon", 0),
+        "rss_file": status.get("RssFile", 0),
+        "arrow": pa.total_allocated_bytes() >> 20,
+        "malloc_in_use": info.uordblks >> 20,
+        "malloc_free_held": info.fordblks >> 20,
+        "malloc_mmapped": info.hblkhd >> 20,
+    }
+
+
+def worker_memory(model: str, pattern: str, out_dir: str, batch_rows: int) -> dict:
+    """(memory): `ScoreParquet` on the DirectRunner in this process, sampled every 20 ms.
+
+    Reports the memory after imports and after the run, and the sample at peak RSS split
+    into Arrow's pool (`pa.total_allocated_bytes`), glibc malloc (in use, free but held,
+    mmapped chunks: TensorFlow's and numpy's big buffers) and the rest (Python objects,
+    code, the allocators' retained pages). ARROW_DEFAULT_MEMORY_POOL picks Arrow's pool."""
+    import threading
+
+    import apache_beam as beam
+    import pyarrow as pa
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_v1.scoring.transforms import ScoreParquet
+
+    imports = _memory_now()
+    samples: list[dict] = []
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            samples.append(_memory_now())
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    os.makedirs(out_dir, exist_ok=True)
+    p = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"]))
+    _ = p | ScoreParquet(model, pattern, os.path.join(out_dir, "scored"), batch_size=batch_rows)
+    p.run().wait_until_finish()
+    seconds = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    peak = max(samples, key=lambda m: m["rss"])
+    return {
+        "seconds": seconds,
+        "pool": pa.default_memory_pool().backend_name,
+        "after_imports": imports,
+        "at_peak": peak,
+        "max": {k: max(m[k] for m in samples) for k in peak},
+        "after_run": _memory_now(),
+    }
+
+
 def worker_main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="bench_score.py _worker")
-    p.add_argument("kind", choices=["bare", "bare-overlap", "perrow", "runinference"])
+    p.add_argument(
+        "kind", choices=["bare", "bare-overlap", "perrow", "runinference", "memory"]
+    )
     p.add_argument("--model", required=True)
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
@@ -391,6 +472,10 @@ def worker_main(argv: list[str]) -> None:
         result = worker_bare_overlap(a.model, a.input, a.output, a.batch_rows)
     elif a.kind == "perrow":
         result = worker_perrow(a.model, a.input, a.output, a.rows)
+    elif a.kind == "memory":
+        import beam_v1.scoring.transforms  # noqa: F401 - an import, not the work
+
+        result = worker_memory(a.model, a.input, a.output, a.batch_rows)
     else:
         result = worker_runinference(a.model, a.input, a.output, a.batch_rows)
     print(RESULT_TAG + json.dumps(result), flush=True)
@@ -907,7 +992,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rows", type=int, default=2_000_000)
     p.add_argument("--big-rows", type=int, default=0, help="a second, bigger run (for RSS)")
-    p.add_argument("--big-variants", default="b,a", help="what runs at --big-rows: b and/or a")
+    p.add_argument(
+        "--big-variants", default="b,a", help="what runs at --big-rows: b, a and/or b:NAME"
+    )
     p.add_argument("--out", default=str(HERE / "out"))
     p.add_argument("--repeat", type=int, default=2, help="interleaved runs of a, a-rg, b, b2")
     p.add_argument("--subset-c", type=int, default=200_000, help="rows for (c)")
@@ -931,6 +1018,11 @@ def main(argv=None) -> int:
         metavar="NAME=ARGS",
         help="also run (b) with these extra `beam-v1 score` arguments (with --b-variant of the "
         "same NAME: both); repeatable",
+    )
+    p.add_argument(
+        "--memory-pools",
+        action="store_true",
+        help="the 'memory' variant runs once per Arrow pool (mimalloc, jemalloc, system)",
     )
     p.add_argument("--fixed-rows", type=int, default=1000, help="rows of the fixed-cost runs")
     p.add_argument("--profile-files", type=int, default=2, help="data files the profile reads")
@@ -1104,6 +1196,26 @@ def _run_all(
                 _say(f"  check a vs d: {checks['a vs d']}")
     save()
 
+    if "memory" in variants:
+        _say("where (b)'s memory goes, in process ...")
+        pools = ["mimalloc", "jemalloc", "system"] if args.memory_pools else [None]
+        results["memory"] = {}
+        for pool in pools:
+            o = _fresh(os.path.join(out, f"out_memory_{pool or 'default'}"))
+            env = dict(os.environ)
+            if ctx.pythonpath:
+                env["PYTHONPATH"] = ctx.pythonpath
+            if pool:
+                env["ARROW_DEFAULT_MEMORY_POOL"] = pool
+            cmd = _worker_cmd("memory", "--model", ctx.model, "--input", pattern, "--output", o,
+                              "--batch-rows", str(args.batch_size))
+            m = attempt(f"memory {pool}", run_measured, cmd, o + ".log", env=env)
+            if m:
+                entry = {**m["result"], "peak_rss_mb": round(m["peak_rss_mb"], 1)}
+                results["memory"][pool or "default"] = entry
+                _say(f"  ({pool or 'default pool'}) " + json.dumps(entry))
+        save()
+
     if "profile" in variants:
         _say("profiling beam-v1 in process ...")
         prof_pattern = os.path.join(data, f"part-0000[0-{args.profile_files - 1}].parquet")
@@ -1137,6 +1249,11 @@ def _run_all(
                 r = attempt("big a", run_bare, ctx, big_pattern, args.big_rows, o)
             elif v == "b":
                 r = attempt("big b", run_cli, ctx, big_pattern, args.big_rows, o)
+            elif v.startswith("b:") and v[2:] in b_names:
+                r = attempt(
+                    f"big {v}", run_cli, ctx, big_pattern, args.big_rows, o.replace(":", "_"),
+                    b_args.get(v[2:], ()), pythonpath=patched.get(v[2:]),
+                )
             else:
                 continue
             if r is None:
@@ -1215,6 +1332,13 @@ def _ratios(results) -> dict:
                 out[f"{b}/a CPU per row (a's CPU/row / b's)"] = ratio(
                     sa["cpu_us_per_row"], sb["cpu_us_per_row"]
                 )
+    for b in bs:
+        if v.get(b) and v.get("a"):
+            out[f"peak RSS {b}/a"] = ratio(v[b]["peak_rss_mb_max"], v["a"]["peak_rss_mb_max"])
+    for k, e in big.items():
+        if k != "a" and big.get("a"):
+            out[f"big peak RSS {k}/a"] = ratio(e["peak_rss_mb"], big["a"]["peak_rss_mb"])
+            out[f"big {k}/a rows/s"] = ratio(rate(e), rate(big["a"]))
     out["b/a (whole process, start-up included)"] = ratio(
         rate(v.get("b"), "process_rows_per_s_median"),
         rate(v.get("a"), "process_rows_per_s_median"),
@@ -1325,6 +1449,14 @@ def report(results: dict) -> str:
     lines += ["", "checks: " + json.dumps(results.get("checks", {}))]
     for e in results.get("errors", []):
         lines += ["", f"FAILED ({e['variant']}): {e['error'][-600:]}"]
+    for pool, e in results.get("memory", {}).items():
+        at, imp = e["at_peak"], e["after_imports"]
+        lines += [
+            "",
+            f"memory ({pool}, Arrow pool {e['pool']}): peak RSS {e['peak_rss_mb']:,.0f} MB, "
+            f"{imp['rss']:,} MB after imports; at the peak sample: "
+            + json.dumps(at) + "; maxima: " + json.dumps(e["max"]),
+        ]
     a = results.get("variants", {}).get("a")
     if a and a.get("stages"):
         stages = {k: round(v, 2) for k, v in a["stages"].items()}

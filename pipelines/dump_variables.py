@@ -5,7 +5,8 @@
         [--runner DataflowRunner --setup_file ./setup.py ...]
 
 The same flags as `beam-v1 dump-variables`; flags it does not know go to Beam's
-PipelineOptions. Exit status 1 if a model could not be dumped (listed in PREFIX-failed.jsonl).
+PipelineOptions (a flag neither knows: exit status 2). Exit status 1 if a model could not be
+dumped (listed in PREFIX-failed.jsonl).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
         --output out/scored [--signature KEY] [--map column=input_key] \
         [--runner DataflowRunner --setup_file ./setup.py ...]
 
-The same flags as `beam-v1 score`; flags it does not know go to Beam's PipelineOptions.
+The same flags as `beam-v1 score`; flags it does not know go to Beam's PipelineOptions
+(a flag neither knows stops it with exit status 2).
 """
 
 from __future__ import annotations

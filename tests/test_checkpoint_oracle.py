@@ -26,14 +26,9 @@ from hypothesis import strategies as st
 
 from beam_v1.errors import ModelFileError
 from beam_v1.io import checksums, varint
+from beam_v1.io.tensor_bundle import list_index, read_index
 from beam_v1.model import metadata as savedmodel
-from beam_v1.variables.checkpoint import (
-    CheckpointReader,
-    iter_slices,
-    list_index,
-    list_variables,
-    read_index,
-)
+from beam_v1.variables.checkpoint import CheckpointReader, iter_slices, list_variables
 
 v1 = tf.compat.v1
 FUZZ_EXAMPLES = int(os.environ.get("BEAM_V1_FUZZ_EXAMPLES", "40"))

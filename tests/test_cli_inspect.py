@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from beam_v1.cli.main import EXIT_USER_ERROR, main
+from beam_v1.cli.flags import EXIT_USER_ERROR
+from beam_v1.cli.main import main
 
 
 def _signature_rows(text: str, key: str) -> list[str]:

@@ -184,7 +184,7 @@ def mlp_parquet(built_models, directory: str) -> tuple[str, str, int]:
 
 
 def test_score_command_on_dask_equals_direct(mlp_input, dask_address, tmp_path):
-    from beam_v1.cli.score import score
+    from beam_v1.scoring.job import score
 
     model, pattern, bad = mlp_input
     direct = score(model, pattern, str(tmp_path / "direct"), [], progress=False, batch_size=512)
@@ -298,6 +298,6 @@ def assert_same_dump(got, want) -> None:
      ["--runner", "DirectRunner", "--job_name", "DaskRunner"]),
 ])
 def test_cli_maps_dask_runner_names_to_the_compat_runner(args, want):
-    from beam_v1.cli.main import runner_alias
+    from beam_v1.cli.flags import runner_alias
 
     assert runner_alias(args) == want

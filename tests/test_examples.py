@@ -338,7 +338,7 @@ def test_score_command_from_columns_both_feeds_and_from_tfrecord(taxi_records, t
     """`beam-v1 score` on the DirectRunner: the taxi examples decoded to Parquet columns
     (direct feed, then --example-feed serialize) and the TFRecord file itself give the same
     outputs row for row."""
-    from beam_v1.cli.score import score
+    from beam_v1.scoring.job import score
 
     model = str(REALMODELS / "tfx__chicago_taxi_estimator_tf1.13_1551303840")
     (record_file,) = TAXI_DATA.glob("*.gz")
@@ -367,7 +367,7 @@ def test_score_command_from_columns_both_feeds_and_from_tfrecord(taxi_records, t
 
 @needs_corpus
 def test_score_command_dead_letters_rows_without_a_required_feature(tmp_path):
-    from beam_v1.cli.score import score
+    from beam_v1.scoring.job import score
 
     model = str(REALMODELS / "serving__saved_model_half_plus_two_cpu")
     pq.write_table(pa.table({"x": pa.array([1.0, None, 3.0]), "k": pa.array([1, 2, 3])}),
@@ -397,7 +397,7 @@ def tf_truth(model_path: str, rows: list[dict], dtypes: dict[str, str]):
 def score_both_feeds(model_path: str, table: pa.Table, tmp_path: Path) -> dict:
     """`score` (ScoreParquet on the DirectRunner) on both feed paths:
     {feed: (scored table sorted by row_id, failed table sorted by row_id)}."""
-    from beam_v1.cli.score import score
+    from beam_v1.scoring.job import score
 
     table = table.append_column("row_id", pa.array(range(table.num_rows), pa.int64()))
     pq.write_table(table, tmp_path / "in.parquet")

@@ -1,7 +1,7 @@
 """The Parquet that `score` writes, read by someone else: DuckDB's and Polars' own readers
 give the values pyarrow gives, for the scored output (every output kind of SPEC §4 and kept
 columns of many types) and for the dead letter (its `error` column and lists holding nulls).
-Every file here comes from a real pipeline (`beam_v1.cli.score.score` on the DirectRunner);
+Every file here comes from a real pipeline (`beam_v1.scoring.job.score` on the DirectRunner);
 output values are also checked against a direct session run of the model.
 
 BEAM_V1_FUZZ_EXAMPLES raises the number of generated tables (default 6; each is a run).
@@ -26,7 +26,7 @@ import tensorflow as tf
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from beam_v1.cli.score import score
+from beam_v1.scoring.job import score
 
 v1 = tf.compat.v1
 EXAMPLES = int(os.environ.get("BEAM_V1_FUZZ_EXAMPLES", "6"))

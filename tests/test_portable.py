@@ -25,7 +25,7 @@ def pool_port(tmp_path_factory):
 
 
 def test_score_command_on_the_portable_runner_equals_direct(mlp_input, pool_port, tmp_path):
-    from beam_v1.cli.score import score
+    from beam_v1.scoring.job import score
 
     model, pattern, bad = mlp_input
     direct = score(model, pattern, str(tmp_path / "direct"), [], progress=False, batch_size=512)

@@ -325,7 +325,7 @@ def test_kill_and_rerun(built_models, tmp_path):
 
 
 def test_rerun_removes_earlier_shards_in_process(built_models, tmp_path):
-    from beam_v1.cli.score import remove_earlier_outputs
+    from beam_v1.scoring.job import remove_earlier_outputs
 
     out = str(tmp_path / "scores")
     keep = [tmp_path / "scores-notes.txt", tmp_path / "scores-x-00000-of-00001.parquet"]

@@ -26,8 +26,8 @@ import tensorflow as tf
 
 from beam_v1 import ScoreParquet
 from beam_v1.cli import main as cli
-from beam_v1.cli.score import score
 from beam_v1.errors import SchemaError
+from beam_v1.scoring.job import score
 
 v1 = tf.compat.v1
 ROWS = 30  # per file, in row groups of 10

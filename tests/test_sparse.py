@@ -439,7 +439,7 @@ def test_direct_runner_pipeline_from_sliced_chunked_and_other_list_columns(spars
 
 
 def test_score_parquet_with_row_groups_and_a_dead_letter(sparse_path, sparse_model, tmp_path):
-    from beam_v1.cli.score import score
+    from beam_v1.scoring.job import score
 
     table, planted = with_bad_rows(good_table(120, seed=2))
     pq.write_table(table.slice(0, 70), tmp_path / "in-0.parquet", row_group_size=20)
@@ -463,7 +463,7 @@ def test_score_parquet_with_row_groups_and_a_dead_letter(sparse_path, sparse_mod
 
 
 def test_scalar_string_column_through_the_pipeline(sparse_path, sparse_model, tmp_path):
-    from beam_v1.cli.score import score
+    from beam_v1.scoring.job import score
 
     table = good_table(30, seed=3)
     words = pa.array([None if i % 3 == 0 else ("x" if i % 2 else "y") for i in range(30)],
@@ -531,7 +531,7 @@ def taxi_columns(records: list[bytes], as_lists: bool) -> pa.Table:
 
 
 def test_transform_fn_scored_by_the_score_command_equals_sparse_predict(taxi, tmp_path):
-    from beam_v1.cli.score import score
+    from beam_v1.scoring.job import score
 
     path, model, records, want = taxi
     table = taxi_columns(records, as_lists=False)  # scalar columns, nulls where absent

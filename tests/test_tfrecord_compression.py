@@ -234,7 +234,7 @@ def test_explicit_compression_flag_and_api(tmp_path, capsys):
     session; `--compression gzip` on it fails naming both compressions; the API's
     `compression=` refuses Parquet input, naming why."""
     from beam_v1.cli.main import main
-    from beam_v1.cli.score import score
+    from beam_v1.scoring.job import score
 
     model = build_parse_model(str(tmp_path / "model"))
     payloads = [tf.train.Example(features=tf.train.Features(feature={

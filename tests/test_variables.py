@@ -22,13 +22,9 @@ from beam_v1.cli import main as cli
 from beam_v1.errors import ModelFileError
 from beam_v1.model import metadata as savedmodel
 from beam_v1.model.inspect import inspect
-from beam_v1.variables.checkpoint import (
-    CheckpointReader,
-    list_variables,
-    read_checkpoint,
-    read_variables,
-)
+from beam_v1.variables.checkpoint import CheckpointReader, list_variables, read_checkpoint
 from beam_v1.variables.dump import DumpVariables, WriteVariables, output_path
+from beam_v1.variables.read import read_variables
 
 v1 = tf.compat.v1
 
@@ -380,8 +376,8 @@ def test_corrupt_sliced_variable_fails_its_model_and_writes_no_file(fixtures, tm
     """A big variable read as mapped ranges is checked against the index's CRC-32C after its
     last slice: one flipped byte fails that model (naming the shard and the variable) after
     its other slices went to the sink, and no file appears for it; the fleet goes on."""
+    from beam_v1.io.tensor_bundle import read_index
     from beam_v1.model import metadata as sm
-    from beam_v1.variables.checkpoint import read_index
 
     model, shard = _copy(fixtures["big"], tmp_path / "m")
     _, entries = read_index(sm.checkpoint_prefix(model))

@@ -2,20 +2,41 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from beam_v1.cli.flags import command_parser
+from beam_v1.errors import BeamV1Error
+
 N_FEATURES = 16
 N_CLASSES = 3
 
 
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    parser = command_parser(
+        sub, "demo", help="score a generated model's Parquet data on the DirectRunner"
+    )
+    parser.add_argument("--rows", type=int, default=200_000, help="rows of generated data")
+    parser.add_argument(
+        "--workdir", default=None, help="an empty or new folder to use instead of a temp dir"
+    )
+    parser.set_defaults(run=_run)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    return run_demo(args.rows, args.workdir)
+
+
 def build_demo_model(path: str, seed: int = 0) -> str:
     """A TF1 graph-mode classifier: x float32 [-1,16], age int64 [-1] -> label, probabilities."""
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow start-up, only when the demo runs
 
     tf.get_logger().setLevel("ERROR")  # TF1 builder APIs warn that they are TF1 APIs
     rng = np.random.default_rng(seed)
@@ -87,9 +108,17 @@ def _short(row: dict) -> str:
 
 
 def run_demo(rows: int = 200_000, workdir: str | None = None) -> int:
-    from beam_v1.cli.score import format_summary, score
+    """Build the demo model and data in `workdir` (a new temp dir by default), score, print."""
+    from beam_v1.scoring.job import format_summary, score  # deferred: Beam and TF start-up
 
+    if rows < 1:
+        raise BeamV1Error(f"--rows must be at least 1, got {rows}.")
     folder = workdir or tempfile.mkdtemp(prefix="beam_v1_demo_")
+    if os.path.exists(os.path.join(folder, "model")):
+        raise BeamV1Error(
+            f"--workdir {folder} already holds a demo (its 'model' folder): give a new or "
+            "empty folder."
+        )
     model = build_demo_model(os.path.join(folder, "model"))
     pattern, n = write_demo_data(os.path.join(folder, "data"), rows)
     output = os.path.join(folder, "out", "scored")

@@ -7,11 +7,25 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from beam_v1.cli.main import csv_list
+from beam_v1.cli.flags import EXIT_MODEL_FAILED, add_tags_flag, command_parser
 from beam_v1.errors import BeamV1Error
+from beam_v1.runs import run_to_end
 
-EXIT_MODEL_FAILED = 1
+PROGRESS_SECONDS = 10.0
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    parser = command_parser(
+        sub,
+        "dump-variables",
+        help="write models' variables to Parquet or .npz, read from their checkpoints",
+        description="Flags not listed here must be Beam PipelineOptions.",
+    )
+    add_dump_flags(parser)
+    parser.set_defaults(run=run_dump, beam_flags=True)
+    return parser
 
 
 def add_dump_flags(parser: argparse.ArgumentParser) -> None:
@@ -21,22 +35,21 @@ def add_dump_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--parts", action="store_true", help="keep partitioned variables as their parts"
     )
-    parser.add_argument(
-        "--tags",
-        type=csv_list,
-        default=None,
-        help="tag set of the MetaGraph (default: the only one, else 'serve')",
-    )
+    add_tags_flag(parser)
     parser.add_argument(
         "--slice-mb",
         type=float,
         default=64.0,
         help="variables bigger than this travel as slices (default 64 MiB)",
     )
+    parser.add_argument(
+        "--quiet", action="store_true",
+        help="no progress lines and no summary (errors are still printed)",
+    )
 
 
 def _read_jsonl(path: str) -> list[dict]:
-    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.io.filesystems import FileSystems  # deferred: Beam start-up
 
     if not FileSystems.exists(path):
         return []
@@ -45,7 +58,12 @@ def _read_jsonl(path: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def run_dump(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
+def run_dump(args: argparse.Namespace, pipeline_args: Sequence[str] = ()) -> int:
+    """Dump the models' variables; print a summary; 1 if a model failed, else 0.
+
+    Raises BeamV1Error on a user error or a pipeline that did not end DONE.
+    """
+    # deferred: Beam and TensorFlow start-up, not needed to parse flags
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -67,10 +85,15 @@ def run_dump(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
         pipeline
         | "Models" >> beam.Create(models)
         | "Dump"
-        >> DumpVariables(args.tags, parts=args.parts, slice_bytes=int(args.slice_mb * (1 << 20)))
+        >> DumpVariables(
+            args.tags,
+            parts=args.parts,
+            slice_bytes=int(args.slice_mb * (1 << 20)),
+            progress_seconds=0.0 if args.quiet else PROGRESS_SECONDS,
+        )
     )
     _ = dumped.variables | "Write" >> WriteVariables(args.output, args.format, dumped.failed)
-    pipeline.run().wait_until_finish()
+    run_to_end(pipeline, "The dump-variables pipeline")
     seconds = time.perf_counter() - started
 
     written = _read_jsonl(args.output + "-manifest.jsonl")
@@ -92,8 +115,11 @@ def run_dump(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
         lines.append(f"  manifest: {args.output}-manifest.jsonl")
     for f in failed:
         lines.append(f"  FAILED {f['model']}: {f['error']}")
-    print("\n".join(lines))
+    if not args.quiet:
+        print("\n".join(lines))
     if failed:
+        if args.quiet:  # the summary's FAILED lines still belong on stderr
+            print("\n".join(f"FAILED {f['model']}: {f['error']}" for f in failed), file=sys.stderr)
         print(
             f"beam-v1: error: {len(failed)} of {len(models)} models could not be dumped "
             f"(listed in {args.output}-failed.jsonl).",

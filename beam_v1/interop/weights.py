@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from beam_v1 import dtypes
 from beam_v1.errors import BeamV1Error, ModelFileError
 
 Mapping_ = Mapping[str, str] | Callable[[str], str | None] | Sequence[tuple[str, str]] | None
@@ -152,12 +153,12 @@ def read_source(
     if isinstance(source, Mapping):
         return {str(k): np.asarray(v) for k, v in source.items()}
     from beam_v1.io import staging  # deferred, as the one below: Beam and TensorFlow start-up
-    from beam_v1.variables import checkpoint
+    from beam_v1.variables import checkpoint, read
 
     with staging.staged_model(os.fspath(source)) as path:  # removed once the arrays are read
         if _is_saved_model_dir(path):
             return checkpoint.read_checkpoint(path, tags)
-        return checkpoint.read_variables(path, model=model)
+        return read.read_variables(path, model=model)
 
 
 # ------------------------------------------------------------------ targets
@@ -216,9 +217,9 @@ class _Aliased(dict):
 
 
 def _np_dtype(var: Any) -> np.dtype:
+    """The numpy dtype of a TensorFlow or Keras variable (its dtype's TensorFlow name)."""
     dtype = var.dtype
-    name = getattr(dtype, "name", dtype)
-    return np.dtype(str(name))
+    return dtypes.numpy_dtype(str(getattr(dtype, "name", dtype)))
 
 
 # ------------------------------------------------------------------ mapping

@@ -27,6 +27,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_v1.io import files
+from beam_v1.runs import display_items
 
 _log = logging.getLogger(__name__)
 ROW_GROUP_BYTES = 64 << 20  # tables are buffered to about this size per row group
@@ -225,4 +226,10 @@ class WriteParquetTables(beam.PTransform):
                 lambda _, paths: finalize(paths, prefix, temp_dir, schema, codec, shards),
                 paths=beam.pvalue.AsList(written),
             )
+        )
+
+    def display_data(self) -> dict:
+        return display_items(
+            prefix=self._prefix, codec=self._codec, num_shards=self._num_shards or None,
+            columns=self._schema.names if self._schema is not None else None,
         )

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystem import CompressedFile, CompressionTypes
 
+from beam_v1 import dtypes
 from beam_v1.errors import BeamV1Error
 from beam_v1.io import files
 from beam_v1.io.checksums import masked_crc32c
@@ -157,7 +158,7 @@ def decode_examples(
     for key, dtype in want.items():
         values = [row.get(key) for row in rows]
         scalar = not as_lists and all(v is None or len(v) == 1 for v in values)
-        leaf = {"float32": pa.float32(), "int64": pa.int64(), "string": pa.binary()}[dtype]
+        leaf = dtypes.arrow_type(dtype)
         if dtype == "float32":
             values = [None if v is None else [float(np.float32(x)) for x in v] for v in values]
         if scalar:
@@ -171,7 +172,6 @@ def decode_examples(
 # ---------------------------------------------------------------------- Arrow tables
 
 SERIALIZED_COLUMN = "serialized"
-_LEAF = {"float32": pa.float32(), "int64": pa.int64(), "string": pa.binary()}
 
 
 def records_table(records: list[bytes], features: Mapping[str, str] | None = None) -> pa.Table:
@@ -188,5 +188,7 @@ def records_table(records: list[bytes], features: Mapping[str, str] | None = Non
 def records_schema(features: Mapping[str, str] | None = None) -> pa.Schema:
     """The schema of `records_table(..., features)`."""
     fields = [pa.field(SERIALIZED_COLUMN, pa.binary())]
-    fields += [pa.field(k, pa.list_(_LEAF[dtype])) for k, dtype in (features or {}).items()]
+    fields += [
+        pa.field(k, pa.list_(dtypes.arrow_type(dtype))) for k, dtype in (features or {}).items()
+    ]
     return pa.schema(fields)

@@ -12,25 +12,22 @@ from collections.abc import Iterable
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from beam_v1.errors import ModelFileError
+from beam_v1.io import tensor_bundle
 from beam_v1.model import metadata
-from beam_v1.variables import checkpoint
 
 
 def truncated_shards(prefix: str) -> list[str]:
     """Data shards shorter than the index says (sizes from the index; no tensor is read)."""
     try:
-        found = checkpoint.read_index(prefix)
+        header, entries = tensor_bundle.read_index(prefix)
     except ModelFileError as e:
         return [str(e)]
-    if found is None:  # an index block compressed in a way we do not parse: TF's reader checks
-        return []
-    header, entries = found
     needed: dict[int, int] = {}
     for entry in entries.values():
         needed[entry.shard_id] = max(needed.get(entry.shard_id, 0), entry.offset + entry.size)
     problems = []
     for shard_id, end in sorted(needed.items()):
-        path = checkpoint.shard_path(prefix, shard_id, header.num_shards)
+        path = tensor_bundle.shard_path(prefix, shard_id, header.num_shards)
         if os.path.isfile(path) and os.path.getsize(path) < end:
             problems.append(
                 f"Checkpoint data shard {path} is truncated: {os.path.getsize(path)} bytes where "
@@ -63,7 +60,10 @@ def file_problems(
             )
         else:
             total = data[0].rsplit("-of-", 1)[-1]
-            expected = [f"variables.data-{i:05d}-of-{total}" for i in range(int(total or 0))]
+            count = int(total or 0)
+            expected = [
+                os.path.basename(tensor_bundle.shard_path(prefix, i, count)) for i in range(count)
+            ]
             missing = [n for n in expected if n not in listing]
             if missing:
                 problems.append(

@@ -15,11 +15,13 @@ import os
 from collections.abc import Iterable, Sequence
 
 from google.protobuf import message, text_format
-from tensorflow.core.framework import types_pb2, variable_pb2
+from tensorflow.core.framework import variable_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow.python.training import py_checkpoint_reader
 
+from beam_v1 import dtypes
 from beam_v1.errors import ModelFileError, SignatureNotFoundError, TagsNotFoundError
+from beam_v1.text import split_list
 
 _log = logging.getLogger(__name__)
 
@@ -50,11 +52,11 @@ class TensorSpec:
 
     @property
     def is_ref(self) -> bool:
-        return self.dtype.endswith("_ref")
+        return dtypes.is_ref(self.dtype)
 
     @property
     def base_dtype(self) -> str:
-        return self.dtype[: -len("_ref")] if self.is_ref else self.dtype
+        return dtypes.base_name(self.dtype)
 
     def shape_str(self) -> str:
         if self.shape is None:
@@ -201,9 +203,7 @@ def select_meta_graph(
 
 
 def parse_tags(tags: Sequence[str] | str) -> list[str]:
-    if isinstance(tags, str):
-        return [t.strip() for t in tags.split(",") if t.strip()]
-    return list(tags)
+    return split_list(tags) or []
 
 
 def node_name(input_name: str) -> str:
@@ -238,16 +238,6 @@ def default_signature_key(mg: meta_graph_pb2.MetaGraphDef, signature: str | None
 # ----------------------------------------------------------------- protos -> data
 
 
-def dtype_name(enum: int) -> str:
-    if enum == types_pb2.DT_INVALID:
-        return "invalid"
-    name = types_pb2.DataType.Name(enum)[3:].lower()  # DT_FLOAT_REF -> float_ref
-    ref = name.endswith("_ref")
-    base = name[:-4] if ref else name
-    base = {"float": "float32", "double": "float64", "half": "float16"}.get(base, base)
-    return base + ("_ref" if ref else "")
-
-
 def shape_of(shape_proto) -> tuple[int, ...] | None:
     if shape_proto.unknown_rank:
         return None
@@ -276,7 +266,7 @@ def tensor_spec(key: str, info: meta_graph_pb2.TensorInfo) -> TensorSpec:
         encoding = "dense"
     return TensorSpec(
         key=key,
-        dtype=dtype_name(info.dtype),
+        dtype=dtypes.name_of(info.dtype),
         # TF 1.0 wrote TensorInfo without tensor_shape: unknown, not a scalar
         shape=shape_of(info.tensor_shape) if info.HasField("tensor_shape") else None,
         tensor_name=tensor_name,
@@ -310,17 +300,17 @@ def _placeholder_dtypes(mg: meta_graph_pb2.MetaGraphDef, sig: SignatureInfo) -> 
     inputs = dict(sig.inputs)
     for key, spec in sig.inputs.items():
         actual = placeholders.get(spec.tensor_name)
-        if spec.encoding == "dense" and actual is not None and dtype_name(actual) != spec.dtype:
+        if spec.encoding == "dense" and actual is not None and dtypes.name_of(actual) != spec.dtype:
             _log.warning(
                 "Signature %r declares input %r as %s, but its tensor %s is %s; using %s.",
                 sig.key,
                 key,
                 spec.dtype,
                 spec.tensor_name,
-                dtype_name(actual),
-                dtype_name(actual),
+                dtypes.name_of(actual),
+                dtypes.name_of(actual),
             )
-            inputs[key] = dataclasses.replace(spec, dtype=dtype_name(actual))
+            inputs[key] = dataclasses.replace(spec, dtype=dtypes.name_of(actual))
     return dataclasses.replace(sig, inputs=inputs)
 
 
@@ -392,7 +382,7 @@ def graph_variables(mg: meta_graph_pb2.MetaGraphDef) -> dict[str, tuple[str, tup
         kind = _VARIABLE_OPS.get(node.op)
         if kind is None:
             continue
-        dtype = dtype_name(node.attr["dtype"].type)
+        dtype = dtypes.name_of(node.attr["dtype"].type)
         shape = shape_of(node.attr["shape"].shape) if "shape" in node.attr else None
         found[node.name] = (dtype, shape, kind)
     return found
@@ -413,9 +403,9 @@ def checkpoint_variables(model_dir: str) -> dict[str, tuple[str, tuple[int, ...]
     except Exception as e:  # TensorFlow raises several types for a bad index
         raise ModelFileError(f"The checkpoint index {index} cannot be read: {e}") from e
     shapes = reader.get_variable_to_shape_map()
-    dtypes = reader.get_variable_to_dtype_map()
+    tf_dtypes = reader.get_variable_to_dtype_map()
     return {
-        name: (dtype_name(dtypes[name].as_datatype_enum), tuple(shapes[name]))
+        name: (dtypes.name_of(tf_dtypes[name].as_datatype_enum), tuple(shapes[name]))
         for name in shapes
         if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")
     }
@@ -453,7 +443,7 @@ def variables(
         result.append(
             VariableInfo(
                 name=name,
-                dtype=dtype.removesuffix("_ref"),
+                dtype=dtypes.base_name(dtype),
                 shape=shape,
                 kind=kind,
                 trainable=(name in trainable) if has_collections else None,

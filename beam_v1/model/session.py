@@ -17,11 +17,13 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
+from beam_v1 import dtypes
 from beam_v1.errors import BeamV1Error, FeedError, ModelFileError, SignatureNotFoundError
 from beam_v1.model import metadata as savedmodel
 from beam_v1.model.metadata import SignatureInfo, TensorSpec
 from beam_v1.model.options import LoadOptions
 from beam_v1.model.prepared import PreparedModel, prepare
+from beam_v1.text import first_line
 
 _log = logging.getLogger(__name__)
 
@@ -39,10 +41,7 @@ def _close_live_models() -> None:
 
 def numpy_dtype(spec: TensorSpec) -> np.dtype:
     """The numpy dtype a tensor of `spec` is fed and fetched as (strings as object)."""
-    dtype = tf.dtypes.as_dtype(spec.base_dtype)
-    if dtype == tf.string:
-        return np.dtype(object)
-    return np.dtype(dtype.as_numpy_dtype)
+    return dtypes.numpy_dtype(spec.base_dtype)
 
 
 class V1Model:
@@ -295,12 +294,6 @@ class V1Model:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def first_line(error: Exception) -> str:
-    """The first line of an error's message (TensorFlow appends node traces below it)."""
-    text = getattr(error, "message", None) or str(error)
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def _describe(specs: Mapping[str, TensorSpec]) -> str:

@@ -7,7 +7,6 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
-import sys
 import threading
 import time
 from typing import Any
@@ -35,6 +34,7 @@ FAILED = "failed"
 IN_FLIGHT = 1
 
 _log = logging.getLogger(__name__)
+_progress_log = logging.getLogger("beam_v1.progress")  # INFO: shown by the CLI unless --quiet
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -233,10 +233,9 @@ class RunV1InferenceDoFn(beam.DoFn):
         if now - self._last_progress >= self._progress_seconds:
             self._last_progress = now
             rate = self._worker_rows / max(now - self._started, 1e-9)
-            print(
-                f"beam-v1: worker {os.getpid()}: {self._worker_rows:,} rows, {rate:,.0f} rows/s",
-                file=sys.stderr,
-                flush=True,
+            _progress_log.info(
+                "beam-v1: worker %d: %s rows, %s rows/s",
+                os.getpid(), f"{self._worker_rows:,}", f"{rate:,.0f}",
             )
 
 

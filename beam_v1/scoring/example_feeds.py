@@ -26,6 +26,7 @@ from beam_v1.model.example_spec import (
     parse_node_features,
 )
 from beam_v1.scoring.bisection import ModelRunError, run_or_bisect
+from beam_v1.text import first_line
 
 # ------------------------------------------------------------------ columns -> features
 
@@ -348,8 +349,6 @@ class ExampleScorer:
     def run(self, feeds: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
         """The outputs for `feeds` ({tensor name: value}); ModelRunError if the session fails."""
         import tensorflow as tf  # deferred: importing this module starts no TensorFlow
-
-        from beam_v1.model.session import first_line
 
         names = tuple(sorted(feeds))
         started = time.perf_counter()

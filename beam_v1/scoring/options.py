@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from beam_v1.model.options import LoadOptions
+from beam_v1.text import split_list
 
 DEFAULT_BATCH_SIZE = 65536
 # a batch's Arrow bytes when no budget is given: wide rows (images, documents) merge into
@@ -25,12 +26,9 @@ CODECS = ("snappy", "gzip", "brotli", "zstd", "lz4", "none")  # pyarrow's Parque
 
 
 def freeze_list(values: Iterable[str] | str | None) -> tuple[str, ...] | None:
-    """Names as a tuple; a string is a comma-separated list ("a,b"); None stays None."""
-    if values is None:
-        return None
-    if isinstance(values, str):
-        values = [v for v in values.split(",") if v]
-    return tuple(values)
+    """Names as a tuple (`text.split_list`: "a, b" is a list); None stays None."""
+    names = split_list(values)
+    return None if names is None else tuple(names)
 
 
 def _positive(name: str, value: Any) -> None:

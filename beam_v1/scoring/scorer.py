@@ -19,13 +19,14 @@ import pyarrow as pa
 import tensorflow as tf
 
 from beam_v1.errors import BeamV1Error
-from beam_v1.model.session import V1Model, first_line
+from beam_v1.model.session import V1Model
 from beam_v1.scoring import columns
 from beam_v1.scoring.bisection import ModelRunError, run_or_bisect
 from beam_v1.scoring.columns import ERROR_COLUMN, FeedPlan
 from beam_v1.scoring.example_feeds import ExampleScorer
 from beam_v1.scoring.options import ScoringOptions
 from beam_v1.scoring.plan import example_spec_for_columns
+from beam_v1.text import first_line
 
 __all__ = ["BatchResult", "BatchScorer", "ColumnFeed", "ModelRunError", "choose_feed"]
 

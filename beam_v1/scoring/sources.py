@@ -62,6 +62,9 @@ class ArrowSource(Protocol):
     def read(self, checked: Checked, scoring: ScoringOptions) -> beam.PTransform:
         """pipeline start -> {"tables": ..., "drifted": ...} (see the module docstring)."""
 
+    def display(self) -> dict[str, object]:
+        """The source's settings for Beam's display data (None values are not shown)."""
+
 
 def match_files(pattern: str) -> list[str]:
     """The files matching `pattern`, sorted; BeamV1Error naming the pattern when none does."""
@@ -143,6 +146,9 @@ class ParquetSource:
     def read(self, checked: Checked, scoring: ScoringOptions) -> beam.PTransform:
         return _ReadParquet(self.pattern, checked.file_schemas)
 
+    def display(self) -> dict[str, object]:
+        return {"strict_schema": self.strict_schema or None}
+
 
 class _ReadParquet(beam.PTransform):
     def __init__(self, pattern: str, file_schemas: FileSchemas):
@@ -217,6 +223,9 @@ class TFRecordSource:
             if f.name != tfrecord.SERIALIZED_COLUMN
         }
         return _ReadTFRecord(self.pattern, self.compression, features, scoring)
+
+    def display(self) -> dict[str, object]:
+        return {"compression": self.compression, "decode_features": self.decode_features or None}
 
 
 _DTYPE_OF_LEAF = {pa.float32(): "float32", pa.int64(): "int64", pa.binary(): "string"}

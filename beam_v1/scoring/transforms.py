@@ -14,9 +14,16 @@ from apache_beam.utils import shared
 
 from beam_v1.io.parquet_write import WriteParquetTables
 from beam_v1.model.options import LoadOptions
+from beam_v1.runs import display_items
 from beam_v1.scoring import dofn, preflight, sources
 from beam_v1.scoring.dofn import FAILED, SCORED, ScoringConfig
-from beam_v1.scoring.options import OutputOptions, ScoringOptions, freeze_list, sort_options
+from beam_v1.scoring.options import (
+    DEFAULT_MAX_BATCH_BYTES,
+    OutputOptions,
+    ScoringOptions,
+    freeze_list,
+    sort_options,
+)
 from beam_v1.scoring.plan import Checked, build_plan
 
 
@@ -100,13 +107,18 @@ class RunV1Inference(beam.PTransform):
         if schema is not None:
             build_plan(prepared, sig, schema, scoring)  # raises what a worker would
 
-    def display_data(self) -> dict:
-        return _display(self.config.model, self.config.signature, self.config.scoring)
-
     def expand(self, tables):
         return tables | "Score" >> beam.ParDo(
             dofn.RunV1InferenceDoFn(self.config, self._shared)
         ).with_output_types(pa.Table).with_outputs(FAILED, main=SCORED)
+
+    def display_data(self) -> dict[str, Any]:
+        c, o = self.config, self.config.scoring
+        return display_items(
+            model=c.model, signature=c.signature, tags=c.tags, outputs=o.outputs,
+            keep_columns=o.keep_columns, column_map=o.column_map, batch_size=o.batch_size,
+            max_batch_bytes=_unless_default(o.max_batch_bytes), example_feed=o.example_feed,
+        )
 
 
 class Score(beam.PTransform):
@@ -154,11 +166,15 @@ class Score(beam.PTransform):
         )
         self.scoring = self.checked.scoring
 
-    def display_data(self) -> dict:
-        shown = _display(self.model, self.checked.signature.key, self.scoring)
-        shown.update(source=self.source.label, input=self.input_pattern,
-                     output=self.output_prefix, dead_letter=self.dead_letter_prefix)
-        return shown
+    def display_data(self) -> dict[str, Any]:
+        o = self.scoring
+        return display_items(
+            model=self.model, source=self.source.label, input=self.input_pattern,
+            **self.source.display(), output_prefix=self.output_prefix,
+            dead_letter_prefix=self.dead_letter_prefix, signature=self.checked.signature.key,
+            batch_size=o.batch_size, max_batch_bytes=_unless_default(o.max_batch_bytes),
+            num_shards=self.output.num_shards or None, codec=self.output.codec,
+        )
 
     def expand(self, pbegin):
         checked = self.checked
@@ -224,15 +240,8 @@ class ScoreTFRecord(Score):
         super().__init__(source, model, output_prefix, **options)
 
 
-def _display(model: str, signature: str | None, scoring: ScoringOptions) -> dict:
-    """What Beam's monitoring shows of a scoring transform (`display_data`)."""
-    shown = {"model": model, "batch_size": scoring.batch_size,
-             "max_batch_bytes": scoring.max_batch_bytes}
-    if signature is not None:
-        shown["signature"] = signature
-    if scoring.outputs is not None:
-        shown["outputs"] = ",".join(scoring.outputs)
-    return shown
+def _unless_default(max_batch_bytes: int) -> int | None:
+    return None if max_batch_bytes == DEFAULT_MAX_BATCH_BYTES else max_batch_bytes
 
 
 def write_outputs(scored, checked: Checked, output: OutputOptions, drifted=None) -> dict:
@@ -261,7 +270,7 @@ def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
     if table.schema.equals(schema):
         return table
     from beam_v1.errors import SchemaError
-    from beam_v1.model.session import first_line
+    from beam_v1.text import first_line
 
     if sorted(table.column_names) != sorted(schema.names):
         raise SchemaError(

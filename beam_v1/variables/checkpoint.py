@@ -1,11 +1,12 @@
-"""Read a TF1 SavedModel's variables straight from its checkpoint, and read dumps back.
+"""Read a TF1 SavedModel's variables straight from its checkpoint.
 
 Never imports or runs the graph: names, dtypes, shapes, ref/resource and trainable come from
 the MetaGraph's protos (`beam_v1.model.metadata`), values from `variables/variables.index` and
 its data shards through TensorFlow's checkpoint reader, so it works on models whose ops this
-TensorFlow lacks. The index is also parsed here (`read_index`, held to TensorFlow's table
-reader: every block's CRC-32C is checked) to find where each tensor's bytes lie. No Beam here
-(`beam_v1.variables.dump` holds the transform and the sinks).
+TensorFlow lacks. Where each tensor's bytes lie comes from our own reading of the index
+(`beam_v1.io.tensor_bundle`, held to TensorFlow's table reader). No Beam here
+(`beam_v1.variables.dump` holds the transform and the sinks; `beam_v1.variables.read` reads
+dumps back).
 
 Partitioned variables: a TF1 Saver stores a partitioned variable ONCE, under its full name,
 as several slices (one per part). By default it is read back whole (`w`); with
@@ -25,28 +26,27 @@ Big variables (more bytes than `slice_bytes`) are read as row ranges along their
 from __future__ import annotations
 
 import dataclasses
-import glob as glob_module
-import io
-import json
 import logging
 import math
 import mmap
 import os
-import struct
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import variable_pb2
+from tensorflow.python.ops import io_ops
+from tensorflow.python.training import py_checkpoint_reader
 
+from beam_v1 import dtypes
 from beam_v1.errors import ModelFileError
-from beam_v1.io import checksums, varint
+from beam_v1.io import checksums, tensor_bundle
 from beam_v1.model import metadata as savedmodel
+from beam_v1.text import first_line
 
 _log = logging.getLogger(__name__)
 
 DEFAULT_SLICE_BYTES = 64 << 20
-SMALL_VALUES_BYTES = 64 << 10  # float variables up to this size also get a `values` list column
-_TABLE_MAGIC = bytes.fromhex("57fb808b247547db")
-_FLOAT_DTYPES = ("float16", "float32", "float64")
 
 
 # --------------------------------------------------------------------------- data
@@ -67,186 +67,13 @@ class VariableSpec:
 
     @property
     def numpy_dtype(self) -> np.dtype:
-        return numpy_dtype(self.dtype)
+        return dtypes.numpy_dtype(self.dtype)
 
     @property
     def nbytes(self) -> int:
         if self.dtype == "string":
             return 0
         return math.prod(self.shape) * self.numpy_dtype.itemsize
-
-
-def numpy_dtype(name: str) -> np.dtype:
-    if name == "string":
-        return np.dtype(object)
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
-
-
-NPZ_DTYPES_KEY = "beam_v1_dtypes"
-NPZ_DTYPES_MEMBER = "~beam_v1~/dtypes.json"  # when the list is too long for the zip comment
-
-
-def npy_loses_dtype(name: str) -> bool:
-    """Whether an .npy header cannot record this dtype (bfloat16 becomes raw '<V2')."""
-    if name == "string":
-        return False
-    dtype = numpy_dtype(name)
-    return np.lib.format.descr_to_dtype(np.lib.format.dtype_to_descr(dtype)) != dtype
-
-
-def _tf_dtype(name: str):
-    import tensorflow as tf
-
-    return tf.string if name == "string" else tf.as_dtype(numpy_dtype(name))
-
-
-# ------------------------------------------------------------------- the index
-
-
-_BLOCK_TRAILER = 5  # compression type byte + masked CRC-32C
-_FOOTER = 48  # two block handles padded to 40 bytes, then the magic number
-_NO_COMPRESSION, _SNAPPY = 0, 1
-
-
-class _TableError(Exception):
-    pass
-
-
-def _read_block(data: bytes, offset: int, size: int) -> bytes:
-    """The contents of the block at (offset, size), as TensorFlow's table reader gives them
-    (tensorflow/core/lib/io/format.cc ReadBlock): the trailer's CRC-32C, masked, must be that
-    of the block's bytes and its type byte; type 0 is raw, 1 raw Snappy, anything else an
-    error."""
-    end = offset + size + _BLOCK_TRAILER
-    if offset < 0 or size < 0 or end > len(data) - _FOOTER:
-        raise _TableError(f"block {offset}+{size} lies outside the table")
-    stored = struct.unpack_from("<I", data, offset + size + 1)[0]
-    if checksums.masked_crc32c(data[offset : offset + size + 1]) != stored:
-        raise _TableError(f"block checksum mismatch (block at {offset}, {size} bytes)")
-    block = data[offset : offset + size]
-    compression = data[offset + size]
-    if compression == _SNAPPY:
-        import pyarrow as pa
-
-        length, _ = varint.decode(block, 0)
-        try:
-            return pa.Codec("snappy").decompress(block, decompressed_size=length).to_pybytes()
-        except (pa.ArrowException, OSError, ValueError) as e:
-            raise _TableError(f"corrupted compressed block contents at {offset}: {e}") from e
-    if compression != _NO_COMPRESSION:
-        raise _TableError(f"bad block type {compression} at {offset}")
-    return block
-
-
-def _block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """(key, value) of a table block, bounds-checked as TensorFlow's Block does."""
-    size = len(block)
-    if size < 4:
-        raise _TableError("block too short for its restart count")
-    restarts = struct.unpack_from("<I", block, size - 4)[0]
-    if restarts > (size - 4) // 4:
-        raise _TableError(f"block claims {restarts} restart points in {size} bytes")
-    limit = size - 4 - 4 * restarts
-    pos, key = 0, b""
-    while pos < limit:
-        shared, pos = varint.decode(block, pos)
-        own, pos = varint.decode(block, pos)
-        length, pos = varint.decode(block, pos)
-        if shared > len(key) or pos + own + length > limit:
-            raise _TableError(f"bad entry in block at byte {pos}")
-        key = key[:shared] + block[pos : pos + own]
-        pos += own
-        yield key, block[pos : pos + length]
-        pos += length
-
-
-def _handle(data: bytes, pos: int) -> tuple[int, int, int]:
-    offset, pos = varint.decode(data, pos)
-    size, pos = varint.decode(data, pos)
-    return offset, size, pos
-
-
-def read_index(prefix: str):
-    """(BundleHeaderProto, {key: BundleEntryProto}) from `prefix.index` (a LevelDB table).
-
-    Held to TensorFlow's reader: the footer's magic number, every block's CRC-32C, block
-    bounds and types are checked; an index that fails any check is a ModelFileError naming
-    the file. Raw Snappy blocks (which TensorFlow's BundleWriter does not write) are
-    decompressed by pyarrow."""
-    from tensorflow.core.protobuf import tensor_bundle_pb2
-
-    path = prefix + ".index"
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ModelFileError(f"The checkpoint index {path} cannot be read: {e}") from e
-    if len(data) < _FOOTER or data[-8:] != _TABLE_MAGIC:
-        raise ModelFileError(f"The checkpoint index {path} is corrupt (no table footer).")
-    try:
-        _, _, pos = _handle(data, len(data) - _FOOTER)  # the metaindex: unused, as in TF
-        index_offset, index_size, _ = _handle(data, pos)
-        header, entries = None, {}
-        for _, handle in _block_entries(_read_block(data, index_offset, index_size)):
-            offset, size, _ = _handle(handle, 0)
-            for key, value in _block_entries(_read_block(data, offset, size)):
-                if key == b"":
-                    header = tensor_bundle_pb2.BundleHeaderProto.FromString(value)
-                else:
-                    entries[key] = tensor_bundle_pb2.BundleEntryProto.FromString(value)
-        if header is None:
-            raise _TableError("no bundle header entry")
-    except Exception as e:  # _TableError, IndexError, struct.error, DecodeError, ValueError
-        raise ModelFileError(f"The checkpoint index {path} is corrupt: {e}") from e
-    return header, entries
-
-
-@dataclasses.dataclass(frozen=True)
-class IndexedTensor:
-    """One tensor as the checkpoint index lists it (what `tf.train.load_checkpoint` lists)."""
-
-    name: str
-    dtype_enum: int  # TensorFlow's DataType enum
-    shape: tuple[int, ...]
-    slices: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]  # (offset, shape) per slice
-
-
-def list_index(prefix: str) -> dict[str, IndexedTensor]:
-    """Every tensor of the checkpoint at `prefix` by name, from our index reader alone: the
-    slice entries of a partitioned tensor are listed under it, not on their own (TensorFlow's
-    CheckpointReader does the same)."""
-    _, entries = read_index(prefix)
-    found = {}
-    for key, entry in entries.items():
-        if key.startswith(b"\x00"):  # a slice's own key (TF names cannot hold NUL)
-            continue
-        shape = tuple(d.size for d in entry.shape.dim)
-        slices = []
-        for proto in entry.slices:
-            offsets, sizes = [], []
-            for dim, extent in zip(shape, proto.extent, strict=False):
-                has_length = extent.HasField("length")
-                offsets.append(extent.start)
-                sizes.append(extent.length if has_length else dim - extent.start)
-            for dim in shape[len(proto.extent) :]:  # extents left out span their dimension
-                offsets.append(0)
-                sizes.append(dim)
-            slices.append((tuple(offsets), tuple(sizes)))
-        name = key.decode("utf-8", "replace")
-        found[name] = IndexedTensor(name, entry.dtype, shape, tuple(slices))
-    return found
-
-
-def shard_path(prefix: str, shard_id: int, num_shards: int) -> str:
-    return f"{prefix}.data-{shard_id:05d}-of-{num_shards:05d}"
-
-
-def _shard_files(prefix: str) -> list[str]:
-    return sorted(glob_module.glob(glob_module.escape(prefix) + ".data-*-of-*"))
 
 
 # ------------------------------------------------------------------- listing
@@ -274,7 +101,6 @@ def declared_variables(mg) -> list[str]:
     `local_variables` collection does not claim (local ones are never saved). A graph with a
     Saver (`saver_def`) but neither declares `<saver>` itself. Empty only for a graph with no
     saved variables: then, and only then, a missing checkpoint is not an error."""
-    from tensorflow.core.framework import variable_pb2
 
     def names(key: str) -> list[str]:
         found = []
@@ -314,7 +140,7 @@ def list_variables(
     declared = declared_variables(mg)
     if declared and not os.path.isfile(index):
         shown = ", ".join(declared[:5]) + (", ..." if len(declared) > 5 else "")
-        shards = _shard_files(savedmodel.checkpoint_prefix(model_dir))
+        shards = tensor_bundle.shard_files(savedmodel.checkpoint_prefix(model_dir))
         raise ModelFileError(
             f"The checkpoint index {index} is missing, but the graph of {model_dir} declares "
             f"{len(declared)} saved variable{'s' if len(declared) != 1 else ''} ({shown}); "
@@ -398,9 +224,7 @@ class CheckpointReader:
         index = self.prefix + ".index"
         if not os.path.isfile(index):
             raise ModelFileError(f"The model {model_dir} has no checkpoint index {index}.")
-        self._header, self._entries = read_index(self.prefix)
-        from tensorflow.python.training import py_checkpoint_reader
-
+        self._header, self._entries = tensor_bundle.read_index(self.prefix)
         try:
             self._reader = py_checkpoint_reader.NewCheckpointReader(self.prefix)
         except Exception as e:  # TensorFlow raises several types
@@ -409,7 +233,7 @@ class CheckpointReader:
             ) from e
 
     def _shards_text(self) -> str:
-        files = _shard_files(self.prefix)
+        files = tensor_bundle.shard_files(self.prefix)
         return "data shards: " + (", ".join(files) if files else "none found")
 
     def _entry(self, key: str):
@@ -419,16 +243,16 @@ class CheckpointReader:
         """The data shard(s) holding checkpoint key `key`."""
         entry = self._entry(key)
         if entry is None:
-            return _shard_files(self.prefix)
+            return tensor_bundle.shard_files(self.prefix)
         n = self._header.num_shards
         if not entry.slices:
-            return [shard_path(self.prefix, entry.shard_id, n)]
+            return [tensor_bundle.shard_path(self.prefix, entry.shard_id, n)]
         shards = {
             e.shard_id
             for k, e in self._entries.items()
             if k.startswith(b"\x00" + key.encode("utf-8") + b"\x00")
         }
-        return [shard_path(self.prefix, s, n) for s in sorted(shards)]
+        return [tensor_bundle.shard_path(self.prefix, s, n) for s in sorted(shards)]
 
     def check(self) -> None:
         """Every tensor's shard exists and holds its bytes (the index's offset + size)."""
@@ -437,7 +261,7 @@ class CheckpointReader:
         for key, entry in self._entries.items():
             if entry.slices:
                 continue  # the slices' own entries carry shard/offset/size
-            path = shard_path(self.prefix, entry.shard_id, n)
+            path = tensor_bundle.shard_path(self.prefix, entry.shard_id, n)
             if path not in sizes:
                 sizes[path] = os.path.getsize(path) if os.path.isfile(path) else None
             name = key.split(b"\x00")[1] if key.startswith(b"\x00") else key
@@ -457,7 +281,7 @@ class CheckpointReader:
         return ModelFileError(
             f"Variable {spec.name!r} cannot be read from data shard "
             f"{', '.join(self._entry_files(spec.key)) or '(none found)'}: "
-            f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+            f"{first_line(e)}"
         )
 
     def read(self, spec: VariableSpec) -> np.ndarray:
@@ -474,10 +298,10 @@ class CheckpointReader:
         return _as_array(value, spec)
 
     def _restore(self, spec: VariableSpec, offset, shape) -> np.ndarray:
-        from tensorflow.python.ops import io_ops
-
         text = _spec_string(spec.full_shape, offset, shape)
-        (tensor,) = io_ops.restore_v2(self.prefix, [spec.key], [text], [_tf_dtype(spec.dtype)])
+        (tensor,) = io_ops.restore_v2(
+            self.prefix, [spec.key], [text], [tf.as_dtype(dtypes.enum_of(spec.dtype))]
+        )
         return tensor.numpy()
 
     def read_rows(self, spec: VariableSpec, start: int, stop: int) -> np.ndarray:
@@ -498,7 +322,9 @@ class CheckpointReader:
         try:
             if direct:
                 row_bytes = spec.nbytes // spec.shape[0]
-                path = shard_path(self.prefix, entry.shard_id, self._header.num_shards)
+                path = tensor_bundle.shard_path(
+                    self.prefix, entry.shard_id, self._header.num_shards
+                )
                 return _map_rows(path, entry.offset + start * row_bytes, spec, shape)
             base = spec.offset or (0,) * len(spec.shape)
             offset = (base[0] + start, *base[1:])
@@ -658,178 +484,3 @@ def read_checkpoint(
     reader = CheckpointReader(model_dir)
     reader.check()
     return {spec.name: reader.read(spec) for spec in specs}
-
-
-# ------------------------------------------------------------- bytes <-> arrays
-
-
-def to_bytes(value: np.ndarray, dtype: str) -> bytes:
-    """Lossless bytes of an array: little-endian C order; strings as (u64 length, bytes)*."""
-    if dtype == "string":
-        out = io.BytesIO()
-        for item in np.asarray(value, dtype=object).reshape(-1):
-            item = item if isinstance(item, bytes) else str(item).encode("utf-8")
-            out.write(struct.pack("<Q", len(item)))
-            out.write(item)
-        return out.getvalue()
-    arr = np.ascontiguousarray(value)
-    if arr.dtype.byteorder == ">":
-        arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return arr.tobytes()
-
-
-def from_bytes(data: bytes, dtype: str, shape: Sequence[int]) -> np.ndarray:
-    if dtype == "string":
-        items, pos = [], 0
-        while pos < len(data):
-            (n,) = struct.unpack_from("<Q", data, pos)
-            items.append(bytes(data[pos + 8 : pos + 8 + n]))
-            pos += 8 + n
-        out = np.empty(len(items), dtype=object)
-        out[:] = items
-        return out.reshape(tuple(shape))
-    return np.frombuffer(data, dtype=numpy_dtype(dtype).newbyteorder("<")).reshape(tuple(shape))
-
-
-# --------------------------------------------------------------- reading dumps
-
-
-def _dump_files(path: str) -> list[str]:
-    if os.path.isfile(path):
-        return [path]
-    files = sorted(
-        glob_module.glob(glob_module.escape(path) + "-*.parquet")
-        + glob_module.glob(glob_module.escape(path) + "-*.npz")
-    )
-    if not files:
-        files = sorted(glob_module.glob(path))
-    if not files:
-        raise ModelFileError(f"No dump at {path!r} (no file, and no {path}-*.parquet or .npz).")
-    return files
-
-
-def _model_of_npz(path: str, manifests: dict[str, str]) -> str:
-    return manifests.get(os.path.abspath(path), path)
-
-
-def _manifest(prefix: str) -> dict[str, str]:
-    """File -> model, from the `PREFIX-manifest.jsonl` the dump writes."""
-    found = {}
-    for manifest in glob_module.glob(glob_module.escape(prefix) + "-manifest*.jsonl"):
-        with open(manifest, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    row = json.loads(line)
-                    found[os.path.abspath(row["file"])] = row["model"]
-    return found
-
-
-def read_variables(path: str, model: str | None = None) -> dict[str, np.ndarray]:
-    """Read a dump back, bit-exact: {variable name: ndarray}.
-
-    `path` is one `.parquet` or `.npz` file the dump wrote, or the dump's output prefix. A
-    prefix (or a Parquet file) holding several models needs `model` (the model path as given
-    to the dump, or its last folder name). Local files only.
-    """
-    files = _dump_files(path)
-    manifest = _manifest(path) if not os.path.isfile(path) else {}
-    by_model: dict[str, list[str]] = {}
-    for file in files:
-        if file.endswith(".npz"):
-            by_model.setdefault(_model_of_npz(file, manifest), []).append(file)
-        elif file.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            models = pq.read_table(file, columns=["model"]).column("model").unique()
-            for m in models.to_pylist():
-                by_model.setdefault(m, []).append(file)
-    chosen = _choose_model(by_model, model, path)
-    result: dict[str, np.ndarray] = {}
-    for file in by_model[chosen]:
-        if file.endswith(".npz"):
-            with np.load(file, allow_pickle=False) as npz:
-                dtypes = _npz_dtypes(npz)
-                for name in npz.files:
-                    if name == NPZ_DTYPES_MEMBER:
-                        continue
-                    value = npz[name]
-                    if name in dtypes:
-                        value = value.view(numpy_dtype(dtypes[name]))
-                    elif value.dtype.kind == "S":  # a string variable: bytes objects, as TF's
-                        value = value.astype(object)
-                    result[name] = value
-        else:
-            result.update(_read_parquet(file, chosen))
-    return result
-
-
-def _npz_dtypes(npz) -> dict[str, str]:
-    """{variable: dtype} that a dump's npz records beside its .npy headers
-    (`dump_files.write_npz_dtypes`); {} for any other npz."""
-    note = npz.zip.comment
-    if NPZ_DTYPES_MEMBER in npz.zip.namelist():
-        note = npz.zip.read(NPZ_DTYPES_MEMBER)
-    if not note.startswith(b"{"):
-        return {}
-    try:
-        return dict(json.loads(note.decode("utf-8")).get(NPZ_DTYPES_KEY, {}))
-    except (ValueError, AttributeError):
-        return {}
-
-
-def _choose_model(by_model: dict[str, list[str]], model: str | None, path: str) -> str:
-    if model is None:
-        if len(by_model) == 1:
-            return next(iter(by_model))
-        raise ModelFileError(
-            f"The dump at {path!r} holds {len(by_model)} models; choose one with model=...: "
-            f"{', '.join(sorted(by_model))}."
-        )
-    if model in by_model:
-        return model
-    wanted = model.rstrip("/")
-    matches = [
-        m
-        for m in by_model
-        if m.rstrip("/") == wanted or os.path.basename(m.rstrip("/")) == os.path.basename(wanted)
-    ]
-    if len(matches) == 1:
-        return matches[0]
-    raise ModelFileError(
-        f"Model {model!r} is {'ambiguous' if matches else 'not'} in the dump at {path!r}; it "
-        f"holds: {', '.join(sorted(by_model))}."
-    )
-
-
-def _read_parquet(file: str, model: str) -> dict[str, np.ndarray]:
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    columns = ["model", "name", "dtype", "shape", "num_slices", "row_start", "row_stop", "data"]
-    result: dict[str, np.ndarray] = {}
-    seen: dict[str, tuple[int, set[int]]] = {}  # sliced variable -> (slices, row starts seen)
-    pf = pq.ParquetFile(file)
-    for group in range(pf.num_row_groups):  # row group by row group: flat memory
-        table = pf.read_row_group(group, columns=columns)
-        table = table.filter(pc.equal(table.column("model"), model))
-        for row in range(table.num_rows):
-            name = table.column("name")[row].as_py()
-            dtype = table.column("dtype")[row].as_py()
-            shape = tuple(table.column("shape")[row].as_py())
-            data = table.column("data")[row].as_buffer()
-            if table.column("num_slices")[row].as_py() == 1:
-                result[name] = from_bytes(bytes(data), dtype, shape).copy()
-                continue
-            start = table.column("row_start")[row].as_py()
-            stop = table.column("row_stop")[row].as_py()
-            if name not in result:
-                result[name] = np.empty(shape, numpy_dtype(dtype))
-                seen[name] = (table.column("num_slices")[row].as_py(), set())
-            result[name][start:stop] = from_bytes(data, dtype, (stop - start, *shape[1:]))
-            seen[name][1].add(start)
-    for name, (count, starts) in seen.items():
-        if len(starts) != count:
-            raise ModelFileError(
-                f"{file}: variable {name!r} of {model} has {len(starts)} of its {count} slices."
-            )
-    return result

@@ -23,7 +23,6 @@ import logging
 import os
 import pickle
 import re
-import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -38,10 +37,12 @@ from apache_beam.transforms.window import GlobalWindows
 from beam_v1.errors import BeamV1Error
 from beam_v1.io import files, staging
 from beam_v1.model import metadata as savedmodel
+from beam_v1.runs import display_items
 from beam_v1.variables import checkpoint as variables
 from beam_v1.variables import files as dump_files
 
 _log = logging.getLogger(__name__)
+_progress_log = logging.getLogger("beam_v1.progress")  # INFO: shown by the CLI unless --quiet
 
 NAMESPACE = "beam_v1"
 VARIABLES = "variables"
@@ -194,11 +195,9 @@ class _DumpModelDoFn(beam.DoFn):
             self.variables.inc()
             if self.progress_seconds and time.monotonic() - last > self.progress_seconds:
                 last = time.monotonic()
-                print(
-                    f"beam-v1 dump-variables: {path}: {order + 1}/{len(specs)} variables, "
-                    f"{done_bytes / 1e6:,.1f} MB",
-                    file=sys.stderr,
-                    flush=True,
+                _progress_log.info(
+                    "beam-v1 dump-variables: %s: %d/%d variables, %s MB",
+                    path, order + 1, len(specs), f"{done_bytes / 1e6:,.1f}",
                 )
         self.models.inc()
 
@@ -243,6 +242,9 @@ class DumpVariables(beam.PTransform):
             .with_output_types(VariableRecord)
             .with_outputs(FAILED, main=VARIABLES)
         )
+
+    def display_data(self) -> dict:
+        return display_items(tags=self.tags, parts=self.parts, slice_bytes=self.slice_bytes)
 
 
 def normal_model_path(path) -> str:
@@ -418,6 +420,9 @@ class WriteVariables(beam.PTransform):
             | "Report" >> beam.ParDo(_ReportDoFn(self.prefix, tmp_dir), failed_list)
         )
         return written
+
+    def display_data(self) -> dict:
+        return display_items(prefix=self.prefix, format=self.format)
 
 
 def local_dir_for(prefix: str) -> None:

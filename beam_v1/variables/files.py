@@ -21,12 +21,13 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from beam_v1 import dtypes
 from beam_v1.errors import ModelFileError
 from beam_v1.io import checksums
 from beam_v1.io.files import create_output, is_remote, open_input
-from beam_v1.variables import checkpoint as variables
-from beam_v1.variables import parquet_raw
+from beam_v1.variables import checkpoint, encoding, parquet_raw
 
+SMALL_VALUES_BYTES = 64 << 10  # float variables up to this size also get a `values` list column
 PARQUET_GROUP_BYTES = 8 << 20  # small records are batched into row groups of about this size
 PARQUET_BIG_ROW = parquet_raw.BIG_VALUE  # a record bigger than this is its own row group
 _COPY_CHUNK = 16 << 20
@@ -116,7 +117,7 @@ def value_array(value: np.ndarray, dtype: str):
     C-order array (the value itself when it already is one), or bytes for strings
     ((u64 length, bytes)*)."""
     if dtype == "string":
-        return variables.to_bytes(value, "string")
+        return encoding.to_bytes(value, "string")
     arr = np.ascontiguousarray(value)
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
@@ -133,11 +134,11 @@ def _fileno(file) -> int | None:
 
 def write_bytes(file, value, background: BackgroundCopies | None = None) -> None:
     """Write `value`'s bytes at `file`'s position. A range mapped from a checkpoint shard
-    (`variables.mapped_range`) going to a local file is copied by the kernel
+    (`checkpoint.mapped_range`) going to a local file is copied by the kernel
     (`os.copy_file_range`: measured 2.3x faster than writing it from the map here), on
     `background`'s thread if given (the file's position moves past the range at once);
     anything else is written from memory."""
-    source = variables.mapped_range(value) if isinstance(value, np.ndarray) else None
+    source = checkpoint.mapped_range(value) if isinstance(value, np.ndarray) else None
     fileno = _fileno(file) if source is not None else None
     shard = _open_shard(source) if fileno is not None else None
     if shard is None:
@@ -152,7 +153,7 @@ def write_bytes(file, value, background: BackgroundCopies | None = None) -> None
         background.submit(shard, source.offset, source.nbytes, fileno, pos)
 
 
-def _open_shard(source: variables.MappedRange):
+def _open_shard(source: checkpoint.MappedRange):
     """The shard `source` was mapped from, opened, or None if the file at that path is no
     longer the one mapped (or cannot be opened), or the kernel cannot copy."""
     if not hasattr(os, "copy_file_range"):
@@ -261,7 +262,7 @@ def write_stored(member, value: np.ndarray, background: BackgroundCopies | None 
         write_bytes(member._fileobj, value, background)
     finally:
         member._crc = crc.result()
-        variables.drop_pages(value)  # the CRC read them; Beam may keep the record a while
+        checkpoint.drop_pages(value)  # the CRC read them; Beam may keep the record a while
     member._file_size += n
 
 
@@ -481,11 +482,12 @@ def parquet_row(model: str, meta: RecordMeta, data) -> dict:
     """One row; `data` is the value's bytes, or its array (`value_array`) for a big record."""
     values = None
     if (
-        meta.dtype in variables._FLOAT_DTYPES
+        dtypes.is_floating(meta.dtype)
+        and dtypes.arrow_type(meta.dtype) is not None  # float16/32/64, not bfloat16 or float8
         and meta.num_slices == 1
-        and meta.nbytes <= variables.SMALL_VALUES_BYTES
+        and meta.nbytes <= SMALL_VALUES_BYTES
     ):
-        values = variables.from_bytes(data, meta.dtype, (-1,)).astype(np.float64).tolist()
+        values = encoding.from_bytes(data, meta.dtype, (-1,)).astype(np.float64).tolist()
     return {
         "model": model,
         "name": meta.name,
@@ -524,7 +526,7 @@ def npy_header(meta: RecordMeta) -> bytes:
     import io
 
     buf = io.BytesIO()
-    dtype = variables.numpy_dtype(meta.dtype).newbyteorder("<")
+    dtype = dtypes.numpy_dtype(meta.dtype).newbyteorder("<")
     np.lib.format.write_array_header_1_0(
         buf,
         {
@@ -538,15 +540,16 @@ def npy_header(meta: RecordMeta) -> bytes:
 
 def write_npz_dtypes(zf: zipfile.ZipFile, records: Sequence[RecordMeta]) -> None:
     """Record the dtypes the .npy headers cannot (bfloat16 is written as '<V2'), as JSON for
-    `variables.read_variables`: in the zip comment, or in a member of its own if too long."""
-    lost = {m.name: m.dtype for m in records if variables.npy_loses_dtype(m.dtype)}
+    `beam_v1.variables.read.read_variables`: in the zip comment, or in a member of its own if
+    too long."""
+    lost = {m.name: m.dtype for m in records if encoding.npy_loses_dtype(m.dtype)}
     if not lost:
         return
-    note = json.dumps({variables.NPZ_DTYPES_KEY: lost}, sort_keys=True).encode("utf-8")
+    note = json.dumps({encoding.NPZ_DTYPES_KEY: lost}, sort_keys=True).encode("utf-8")
     if len(note) <= 0xFFFF:
         zf.comment = note
     else:
-        zf.writestr(variables.NPZ_DTYPES_MEMBER, note)
+        zf.writestr(encoding.NPZ_DTYPES_MEMBER, note)
 
 
 def _concat_npz(out, parts: Sequence[PartInfo]) -> None:
