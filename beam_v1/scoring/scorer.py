@@ -58,10 +58,15 @@ class ColumnFeed:
         feeds = columns.to_feeds(batch, self.plan)
         failures: dict[int, str] = dict(zip(feeds.bad_rows.tolist(), feeds.bad_reasons))
 
-        def slicer(group):
-            return lambda start, stop: {k: v[start:stop] for k, v in group.items()}
+        def slicer(group, n: int):
+            def feeds_for(start: int, stop: int):
+                if start == 0 and stop == n:  # the whole group: no copy of sparse feeds
+                    return group
+                return {k: v[start:stop] for k, v in group.items()}
 
-        return [(rows, slicer(group)) for rows, group in feeds.groups], failures
+            return feeds_for
+
+        return [(rows, slicer(group, len(rows))) for rows, group in feeds.groups], failures
 
     def run(self, feeds: dict[str, columns.Feed], n: int) -> dict[str, np.ndarray]:
         """The outputs for `feeds` ({input key: n rows}); ModelRunError if the session fails."""
