@@ -619,8 +619,11 @@ def run_bare(ctx, pattern, rows, out, reader="iter_batches") -> dict:
 def run_cli(ctx, pattern, rows, out, extra=(), pythonpath=None) -> dict:
     _fresh(out)
     prefix = os.path.join(out, "scored")
-    cmd = [
-        str(Path(sys.executable).with_name("beam-v1")),
+    cmd = [  # `python -m beam_v1`, not the console script: works for a --b-variant tree of
+        # any layout (the script names the installed tree's entry point)
+        sys.executable,
+        "-m",
+        "beam_v1",
         "score",
         "--model",
         ctx.model,

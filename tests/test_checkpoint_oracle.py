@@ -23,6 +23,7 @@ import pytest
 import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from realmodels import REALMODELS
 
 from beam_v1.errors import ModelFileError
 from beam_v1.io import checksums, varint
@@ -34,12 +35,6 @@ v1 = tf.compat.v1
 FUZZ_EXAMPLES = int(os.environ.get("BEAM_V1_FUZZ_EXAMPLES", "40"))
 
 
-def _realmodels_dir() -> Path:
-    env = os.environ.get("BEAM_V1_REALMODELS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "realmodels"
-
-
-REALMODELS = _realmodels_dir()
 CORPUS = (
     sorted(
         str(p)

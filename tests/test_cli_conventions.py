@@ -282,7 +282,7 @@ def test_transforms_have_display_data(built_models, tmp_path):
     pattern, _ = _parquet(str(tmp_path / "in"))
     run = _display(RunV1Inference(model, outputs="scores, label", batch_size=128))
     assert run == {"model": model, "signature": "serving_default", "outputs": "scores, label",
-                   "batch_size": 128, "example_feed": "auto"}
+                   "batch_size": 128, "max_batch_bytes": 64 << 20, "example_feed": "auto"}
     score = _display(ScoreParquet(model, pattern, "out/p", batch_size=256, num_shards=2))
     assert score["model"] == model and score["input"] == pattern
     assert score["output_prefix"] == "out/p" and score["dead_letter_prefix"] == "out/p-failed"

@@ -9,27 +9,18 @@ from __future__ import annotations
 
 import base64
 import math
-import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from realmodels import REALMODELS
 from tensorflow.core.protobuf import saved_model_pb2
 
 import beam_v1
 from beam_v1.errors import FeedError, MissingOpsError, SignatureNotFoundError, TagsNotFoundError
 
-
-def _realmodels_dir() -> Path:
-    env = os.environ.get("BEAM_V1_REALMODELS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "realmodels"
-
-
-REALMODELS = _realmodels_dir()
 if not REALMODELS.is_dir():
     pytest.skip(
         f"real-model corpus not found at {REALMODELS} (set BEAM_V1_REALMODELS to its folder)",

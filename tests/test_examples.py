@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 from example_truth import TruthSession, build_parse_model
+from realmodels import REALMODELS
 
 import beam_v1
 from beam_v1.errors import BeamV1Error
@@ -28,7 +29,6 @@ from beam_v1.model import metadata as savedmodel
 from beam_v1.scoring import example_feeds
 
 v1 = tf.compat.v1
-REALMODELS = Path(__file__).resolve().parents[2] / "shared" / "realmodels"
 TAXI_DATA = REALMODELS / "_data" / "tfx_chicago_taxi_examples"
 needs_corpus = pytest.mark.skipif(not REALMODELS.is_dir(), reason="real-model corpus absent")
 COLORS = ["red", "green", "blue"]

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import bisect
 import gzip
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from realmodels import REALMODELS
 from tensorflow.core.framework import graph_pb2, types_pb2
 
 import beam_v1
@@ -23,7 +23,6 @@ from beam_v1.model import example_spec as examples_mod
 from beam_v1.model import metadata as savedmodel
 from beam_v1.model import rewrites
 
-REALMODELS = Path(__file__).resolve().parents[2] / "shared" / "realmodels"
 TAXI_DATA = REALMODELS / "_data" / "tfx_chicago_taxi_examples"
 TAXI = {
     "tfx__chicago_taxi_estimator_tf1.12_1551382555": "BucketizeWithInputBoundaries",

@@ -7,13 +7,14 @@ from __future__ import annotations
 import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import tensorflow as tf
 from apache_beam.testing.util import assert_that
 from test_pipeline import mlp_tables
 from test_tfrecord_compression import build_parse_model, session_run, write_tf
 
 import beam_v1
-from beam_v1 import OutputOptions, ParquetSource, Score, ScoringOptions, TFRecordSource
+from beam_v1 import LoadOptions, OutputOptions, ParquetSource, Score, ScoringOptions, TFRecordSource
 from beam_v1.scoring import preflight
 
 
@@ -99,3 +100,19 @@ def test_tfrecord_tables_are_bounded_in_record_bytes(tmp_path):
         assert_that(read["tables"], check)
     assert checked.input_schema.names == ["serialized"]
     assert checked.scoring.column_map == {"serialized": "examples"}  # adapted by the source
+
+
+def test_run_v1_inference_typed_and_flat_forms(built_models):
+    """The typed form and the flat keywords build the same worker config; flat keywords
+    override the typed options' fields; an unknown keyword is named."""
+    typed = beam_v1.RunV1Inference(
+        built_models["mlp"], load=LoadOptions(intra_op_threads=1),
+        scoring=ScoringOptions(batch_size=7, keep_columns="id, tag"), batch_size=9,
+    )
+    flat = beam_v1.RunV1Inference(built_models["mlp"], intra_op_threads=1, batch_size=9,
+                                  keep_columns=["id", "tag"])
+    assert typed.config == flat.config
+    assert typed.config.scoring.batch_size == 9 and typed.config.scoring.keep_columns == (
+        "id", "tag")
+    with pytest.raises(TypeError, match="batchsize"):
+        beam_v1.RunV1Inference(built_models["mlp"], batchsize=9)

@@ -17,6 +17,7 @@ import builders
 import numpy as np
 import pytest
 import tensorflow as tf
+from realmodels import REALMODELS
 
 from beam_v1.cli import main as cli
 from beam_v1.errors import ModelFileError
@@ -29,12 +30,6 @@ from beam_v1.variables.read import read_variables
 v1 = tf.compat.v1
 
 
-def _realmodels_dir() -> Path:
-    env = os.environ.get("BEAM_V1_REALMODELS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "realmodels"
-
-
-REALMODELS = _realmodels_dir()
 CORPUS = (
     sorted(
         str(p)

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import builders
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from realmodels import REALMODELS
 
 import beam_v1
 from beam_v1.interop.weights import AssignError, ShapeMismatchError, assign_variables
-
-REALMODELS = Path(
-    os.environ.get(
-        "BEAM_V1_REALMODELS", Path(__file__).resolve().parents[2] / "shared" / "realmodels"
-    )
-)
 
 
 def _native_mlp(n_in=4, hidden=8, n_out=3):

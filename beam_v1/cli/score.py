@@ -79,11 +79,19 @@ def add_score_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--intra-op-threads", type=int, default=0,
-        help="threads inside one op of the session (default 0: TensorFlow decides)",
+        help="threads inside one op of the session (default 0: the machine's cores divided by "
+        "the worker processes on it; TensorFlow's own default for one process)",
     )
     parser.add_argument(
         "--inter-op-threads", type=int, default=0,
-        help="ops run in parallel by the session (default 0: TensorFlow decides)",
+        help="ops run in parallel by the session (default 0: as --intra-op-threads)",
+    )
+    parser.add_argument(
+        "--model-copies",
+        type=int,
+        default=0,
+        help="sessions per machine shared by its worker processes (1: one model per machine, "
+        "for big models); default 0: one per process",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.add_argument(
@@ -141,6 +149,7 @@ def run_score(args: argparse.Namespace, pipeline_args: Sequence[str] = ()) -> in
         num_shards=args.num_shards,
         intra_op_threads=args.intra_op_threads,
         inter_op_threads=args.inter_op_threads,
+        model_copies=args.model_copies,
         op_libraries=args.op_libraries,
         import_modules=args.import_modules,
         allow_unsafe_ops=args.allow_unsafe_ops,

@@ -49,6 +49,10 @@ class ScoringConfig:
     signature: str | None = None
     load: LoadOptions = LoadOptions()
     scoring: ScoringOptions = ScoringOptions()
+    # SDK processes on one machine as the pipeline options say (None: found on the worker);
+    # sizes the session's thread pools (beam_v1.model.threads)
+    processes_per_machine: int | None = None
+    share_tag: str = ""  # names the shared copies of one transform (model_server.copy_tags)
 
     def cache_key(self) -> str:
         return repr((self.model, self.tags, self.signature, self.load))
@@ -57,9 +61,10 @@ class ScoringConfig:
 class _SharedModel:
     """Weak-referenceable holder for the per-process model (`Shared.acquire` needs one)."""
 
-    def __init__(self, model, load_ms: int):
+    def __init__(self, model, load_ms: int, threads=None):
         self.model = model
         self.load_ms = load_ms
+        self.threads = threads  # beam_v1.model.threads.ThreadBudget the session got
         self._unreported = True
         self._lock = threading.Lock()
 
@@ -77,9 +82,48 @@ def load_shared_model(config: ScoringConfig):
 
     started = time.perf_counter()
     local = config.model  # load stages a remote model; setup..teardown holds the machine's copy
-    model = load(local, tags=config.tags, signature=config.signature, **config.load.as_kwargs())
+    options, budget = budgeted_load_options(config)
+    model = load(local, tags=config.tags, signature=config.signature, **options)
     _log.info("beam-v1 worker %d loaded %s", os.getpid(), config.model)
-    return _SharedModel(model, int((time.perf_counter() - started) * 1000))
+    return _SharedModel(model, int((time.perf_counter() - started) * 1000), budget)
+
+
+def budgeted_load_options(config: ScoringConfig):
+    """The config's load options with the thread budget of this worker applied."""
+    from beam_v1.model import threads
+
+    options = config.load.as_kwargs()
+    budget = threads.budget_for_worker(
+        config.processes_per_machine,
+        config.load.intra_op_threads,
+        config.load.inter_op_threads,
+        model_copies=config.scoring.model_copies,
+    )
+    options.update(intra_op_threads=budget.intra_op_threads,
+                   inter_op_threads=budget.inter_op_threads)
+    return options, budget
+
+
+def _serve_model(config: ScoringConfig):
+    """The constructor of a shared copy (runs in the process that serves it)."""
+    from beam_v1.scoring.model_server import ModelServer
+
+    holder = load_shared_model(config)
+    return ModelServer(holder.model, holder.load_ms, holder.threads)
+
+
+def _acquire_model(config: ScoringConfig, handle: shared.Shared):
+    if not config.scoring.model_copies:
+        return handle.acquire(lambda: load_shared_model(config), tag=config.cache_key())
+    from beam_v1.scoring import model_server
+
+    # one client per process too: its proxies' connections are per thread already
+    return handle.acquire(
+        lambda: model_server.acquire(
+            config.share_tag, config.scoring.model_copies, lambda: _serve_model(config)
+        ),
+        tag=config.cache_key() + "/shared",
+    )
 
 
 class RunV1InferenceDoFn(beam.DoFn):
@@ -107,10 +151,8 @@ class RunV1InferenceDoFn(beam.DoFn):
 
     def setup(self) -> None:
         self._staged = staging.acquire(self._config.model)  # other processes here reuse the copy
-        self._holder = self._shared.acquire(
-            lambda: load_shared_model(self._config), tag=self._config.cache_key()
-        )
-        self._model = self._holder.model
+        self._holder = _acquire_model(self._config, self._shared)
+        self._model = getattr(self._holder, "model", self._holder)
         self._scorers: dict[pa.Schema, Any] = {}
         self._started = time.monotonic()
         self._last_progress = self._started
@@ -133,8 +175,15 @@ class RunV1InferenceDoFn(beam.DoFn):
         self._pending: collections.deque = collections.deque()
         load_ms = self._holder.take_load_report()
         if load_ms is not None:
-            Metrics.counter(NAMESPACE, "model_loads").inc()
+            loads = getattr(self._holder, "reported_loads", 1)  # shared copies: maybe several
+            Metrics.counter(NAMESPACE, "model_loads").inc(loads)
             Metrics.distribution(NAMESPACE, "model_load_ms").update(load_ms)
+            if self._holder.threads is not None:  # what the session got, per load
+                budget = self._holder.threads
+                Metrics.distribution(NAMESPACE, "session_intra_op_threads").update(
+                    budget.intra_op_threads)
+                Metrics.distribution(NAMESPACE, "session_inter_op_threads").update(
+                    budget.inter_op_threads)
 
     def process(self, element: pa.Table | pa.RecordBatch):
         table = pa.Table.from_batches([element]) if isinstance(element, pa.RecordBatch) else element

@@ -53,6 +53,10 @@ class ScoringOptions:
       output_shapes: {output key: shape} for outputs whose rank the signature leaves unknown
         (None: learnt from the first rows).
       progress_seconds: log each worker's rows and rate this often (None: never).
+      model_copies: N >= 1 loads N sessions per machine, shared by all its worker processes
+        through a proxy (`beam_v1.scoring.model_server`), instead of one per process (0,
+        the default): for models too big to hold once per process. Each session's thread
+        pools are sized to its share of the machine's cores (`beam_v1.model.threads`).
 
     Raises:
       ValueError / TypeError: a field out of range or of the wrong type, naming it.
@@ -66,6 +70,7 @@ class ScoringOptions:
     example_feed: str = "auto"
     output_shapes: Mapping[str, tuple[int, ...]] | None = None
     progress_seconds: float | None = None
+    model_copies: int = 0
 
     def __post_init__(self) -> None:
         _positive("batch_size", self.batch_size)
@@ -82,6 +87,12 @@ class ScoringOptions:
         object.__setattr__(self, "column_map", dict(self.column_map or {}))
         shapes = {k: tuple(v) for k, v in (self.output_shapes or {}).items()}
         object.__setattr__(self, "output_shapes", shapes)
+        if self.model_copies is None:
+            object.__setattr__(self, "model_copies", 0)
+        if isinstance(self.model_copies, bool) or not isinstance(self.model_copies, int):
+            raise TypeError(f"model_copies must be an int, not {self.model_copies!r}")
+        if self.model_copies < 0:
+            raise ValueError(f"model_copies must be 0 or more, got {self.model_copies}")
         if self.progress_seconds is not None and self.progress_seconds <= 0:
             raise ValueError(f"progress_seconds must be positive, got {self.progress_seconds}")
 

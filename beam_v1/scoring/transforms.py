@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,6 @@ from beam_v1.runs import display_items
 from beam_v1.scoring import dofn, preflight, sources
 from beam_v1.scoring.dofn import FAILED, SCORED, ScoringConfig
 from beam_v1.scoring.options import (
-    DEFAULT_MAX_BATCH_BYTES,
     OutputOptions,
     ScoringOptions,
     freeze_list,
@@ -72,7 +72,8 @@ class RunV1Inference(beam.PTransform):
       checked: what `preflight.check_scoring` already found for this model and input, so
         the model is not checked twice.
       **options: the fields of LoadOptions and ScoringOptions as flat keywords
-        (`batch_size=65536`, `intra_op_threads=2`); they override `load` / `scoring`.
+        (`batch_size=65536`, `intra_op_threads=2`, `model_copies=1`); they override
+        `load` / `scoring`.
 
     Raises:
       TypeError: an unknown option, naming the known ones; ValueError: a bad value;
@@ -96,6 +97,7 @@ class RunV1Inference(beam.PTransform):
         self.config = ScoringConfig(
             model=str(model), tags=freeze_list(tags), signature=signature,
             load=load, scoring=scoring,
+            share_tag=uuid.uuid4().hex if scoring.model_copies else "",
         )
         self._shared = shared.Shared()
         if checked is not None:
@@ -108,8 +110,14 @@ class RunV1Inference(beam.PTransform):
             build_plan(prepared, sig, schema, scoring)  # raises what a worker would
 
     def expand(self, tables):
+        from beam_v1.model import threads
+
+        config = dataclasses.replace(  # the launcher's options know the processes per machine
+            self.config,
+            processes_per_machine=threads.processes_from_options(tables.pipeline.options),
+        )
         return tables | "Score" >> beam.ParDo(
-            dofn.RunV1InferenceDoFn(self.config, self._shared)
+            dofn.RunV1InferenceDoFn(config, self._shared)
         ).with_output_types(pa.Table).with_outputs(FAILED, main=SCORED)
 
     def display_data(self) -> dict[str, Any]:
@@ -117,7 +125,7 @@ class RunV1Inference(beam.PTransform):
         return display_items(
             model=c.model, signature=c.signature, tags=c.tags, outputs=o.outputs,
             keep_columns=o.keep_columns, column_map=o.column_map, batch_size=o.batch_size,
-            max_batch_bytes=_unless_default(o.max_batch_bytes), example_feed=o.example_feed,
+            max_batch_bytes=o.max_batch_bytes, example_feed=o.example_feed,
         )
 
 
@@ -172,7 +180,7 @@ class Score(beam.PTransform):
             model=self.model, source=self.source.label, input=self.input_pattern,
             **self.source.display(), output_prefix=self.output_prefix,
             dead_letter_prefix=self.dead_letter_prefix, signature=self.checked.signature.key,
-            batch_size=o.batch_size, max_batch_bytes=_unless_default(o.max_batch_bytes),
+            batch_size=o.batch_size, max_batch_bytes=o.max_batch_bytes,
             num_shards=self.output.num_shards or None, codec=self.output.codec,
         )
 
@@ -238,10 +246,6 @@ class ScoreTFRecord(Score):
             input_pattern, compression=compression, decode_features=decode_features
         )
         super().__init__(source, model, output_prefix, **options)
-
-
-def _unless_default(max_batch_bytes: int) -> int | None:
-    return None if max_batch_bytes == DEFAULT_MAX_BATCH_BYTES else max_batch_bytes
 
 
 def write_outputs(scored, checked: Checked, output: OutputOptions, drifted=None) -> dict:
