@@ -118,7 +118,10 @@ class _ParDo(transform_evaluator.ParDo):
             (type(si), si._view_options(), si._window_mapping_fn)
             for si in self.applied.side_inputs
         ]
-        side_values = [dask.delayed(_flatten)(bag.to_delayed()) for bag in side_bags]
+        # unoptimized: an optimized graph gives each reader its own copy of everything upstream
+        side_values = [
+            dask.delayed(_flatten)(bag.to_delayed(optimize_graph=False)) for bag in side_bags
+        ]
         return input_bag.map(transform_evaluator.get_windowed_value, window_fn).map_partitions(
             _bundle, invoker_args, invoker_kwargs, receivers, specs, *side_values
         )
@@ -182,7 +185,6 @@ class DaskRunner(dask_runner.DaskRunner):
     translated right (see the module docstring)."""
 
     def run_pipeline(self, pipeline, options) -> PipelineResult:
-        import dask
         import dask.distributed as ddist
 
         dask_options = options.view_as(dask_runner.DaskOptions).get_all_options(
@@ -198,5 +200,7 @@ class DaskRunner(dask_runner.DaskRunner):
         pipeline.visit(visitor)
         # each leaf reduced to its element count, so no data travels back to the client
         leaves = [bag.map_partitions(_count) for bag in visitor.leaves()]
-        futures = client.compute(list(dask.optimize(*leaves)))
+        # one graph for all leaves: optimizing them together gave each sink its own copy of
+        # the shared read and score steps, so every row was scored once per sink
+        futures = client.compute(leaves)
         return dask_runner.DaskRunnerResult(client, futures)

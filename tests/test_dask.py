@@ -135,6 +135,35 @@ def test_compat_runner_runs_what_beams_dask_runner_mistranslates(dask_address, t
     assert set(os.listdir(direct)) == expected
 
 
+class _SplitCountingCalls(_Split):
+    """_Split that also leaves a uniquely named file per call: a row scored twice shows."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def process(self, x):
+        open(os.path.join(self.directory, f"call-{x}-{uuid.uuid4().hex}"), "w").close()
+        yield from super().process(x)
+
+
+def test_compat_runner_runs_shared_steps_once_for_every_sink(dask_address, tmp_path):
+    # the shape of ScoreParquet: one scoring step, two sinks (scored, dead letter) and a side
+    # input of one output; each element must be processed once, not once per consumer
+    def build(p):
+        split = (p | beam.Create(range(6))
+                 | beam.ParDo(_SplitCountingCalls(str(tmp_path))).with_outputs("odd", main="even"))
+        _ = split.even | "Even" >> beam.ParDo(_Mark(str(tmp_path), "even"))
+        _ = (split.odd
+             | beam.Map(lambda x, evens: f"{x}_{len(evens)}", evens=beam.pvalue.AsList(split.even))
+             | "Odd" >> beam.ParDo(_Mark(str(tmp_path), "odd")))
+
+    run(build, COMPAT, dask_address)
+    calls = sorted(n.rsplit("-", 1)[0] for n in os.listdir(tmp_path) if n.startswith("call-"))
+    assert calls == [f"call-{x}" for x in range(6)]
+    marks = {n for n in os.listdir(tmp_path) if not n.startswith("call-")}
+    assert marks == {"even-0", "even-2", "even-4", "odd-1_3", "odd-3_3", "odd-5_3"}
+
+
 @pytest.mark.xfail(strict=True, reason="Beam 2.77's DaskRunner mistranslates this (see "
                    "beam_v1/dask_compat.py); an XPASS means Beam fixed it")
 @pytest.mark.parametrize("build", FAULTS, ids=lambda f: f.__name__.strip("_"))
