@@ -1,8 +1,10 @@
 """beam-v1: run TensorFlow 1.x SavedModels at scale in Apache Beam, over Parquet.
 
 Public API (imported lazily, so `import beam_v1` does not pull in TensorFlow or Beam):
-`inspect`, `load`, `V1Model`, `ModelInfo`, `RunV1Inference`, `ScoreParquet`,
-`ReadParquetRowGroups`, `ScoreTFRecord`, `V1ModelHandler`, `DumpVariables`, `WriteVariables`,
+`inspect`, `load`, `V1Model`, `ModelInfo`, `RunV1Inference`, `Score` with its sources
+`ParquetSource` and `TFRecordSource`, `ScoreParquet`, `ScoreTFRecord`, the options
+`LoadOptions`, `ScoringOptions` and `OutputOptions`, `ReadParquetRowGroups`, `V1ModelHandler`,
+`DumpVariables`, `WriteVariables`,
 `read_variables`, `read_checkpoint`, `list_variables`, `assign_variables`, and the error types
 in `beam_v1.errors`. The Keras 3 layer is `beam_v1.keras.V1Layer`.
 """
@@ -31,7 +33,13 @@ _EXPORTS = {
     "AssignReport": "beam_v1.interop.weights",
     "AssignError": "beam_v1.interop.weights",
     "ShapeMismatchError": "beam_v1.interop.weights",
-    "ScoreTFRecord": "beam_v1.io.tfrecord",
+    "ScoreTFRecord": "beam_v1.scoring.transforms",
+    "Score": "beam_v1.scoring.transforms",
+    "ParquetSource": "beam_v1.scoring.sources",
+    "TFRecordSource": "beam_v1.scoring.sources",
+    "LoadOptions": "beam_v1.model.options",
+    "ScoringOptions": "beam_v1.scoring.options",
+    "OutputOptions": "beam_v1.scoring.options",
     "DumpVariables": "beam_v1.variables.dump",
     "WriteVariables": "beam_v1.variables.dump",
     "read_variables": "beam_v1.variables.read",

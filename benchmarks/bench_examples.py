@@ -7,8 +7,8 @@ In one process, three ways side by side:
     python benchmarks/bench_examples.py [--rows 200000] [--taxi-copies 250] [--batch 65536]
         [--results benchmarks/out/RESULTS-examples.md]  (then pasted into RESULTS.md)
 
-(direct)      beam_v1.model.examples.ExampleScorer, mode auto: the parse op's outputs fed from
-              columns
+(direct)      beam_v1.scoring.example_feeds.ExampleScorer, mode auto: the parse op's outputs
+              fed from columns
 (serialize)   ExampleScorer, mode serialize: serialized examples built from the columns
               (per-column encoding, no protobuf object per row), parsed by the graph
 (proto-loop)  a Python proto loop: a `tf.train.Example` per row built with TensorFlow's Python
@@ -62,11 +62,11 @@ def proto_loop(model, scorer, table):
 def run_ways(model, signature, table, batch):
     import numpy as np
 
-    from beam_v1.model import examples
+    from beam_v1.scoring import example_feeds
 
-    direct = examples.ExampleScorer(model, signature, mode="auto")
+    direct = example_feeds.ExampleScorer(model, signature, mode="auto")
     assert direct.direct, direct.blocker
-    exact = examples.ExampleScorer(model, signature, mode="serialize")
+    exact = example_feeds.ExampleScorer(model, signature, mode="serialize")
     ways = {
         "direct": lambda t: direct.score(t)[1],
         "serialize": lambda t: exact.score(t)[1],

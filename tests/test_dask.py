@@ -269,7 +269,7 @@ def write_table(table: pa.Table, folder: str, kind: str) -> None:
 
 
 def test_score_tfrecord_on_dask_equals_direct(dask_address, tmp_path):
-    from beam_v1.io.tfrecord import ScoreTFRecord
+    from beam_v1.scoring.transforms import ScoreTFRecord
 
     model = build_estimator_style(str(tmp_path / "model"))
     (tmp_path / "in").mkdir()

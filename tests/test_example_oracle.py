@@ -29,9 +29,11 @@ from hypothesis import strategies as st
 
 import beam_v1
 from beam_v1.errors import SchemaError
-from beam_v1.model import examples
-from beam_v1.scoring import columns, preflight
-from beam_v1.scoring.scorer import BatchScorer
+from beam_v1.model import example_spec as examples
+from beam_v1.scoring import columns, example_feeds, preflight
+from beam_v1.scoring.options import ScoringOptions
+from beam_v1.scoring.plan import build_plan
+from beam_v1.scoring.scorer import BatchScorer, choose_feed
 
 v1 = tf.compat.v1
 EXAMPLES = int(os.environ.get("BEAM_V1_FUZZ_EXAMPLES", "30"))
@@ -224,22 +226,19 @@ def table_for(draw, features: tuple):
 
 def batch_scorer(model, schema: pa.Schema, sample: pa.Table, feed: str) -> BatchScorer:
     """A BatchScorer planned as a RunV1Inference worker plans it (dofn): output ranks learnt
-    from the batch, the ExampleScorer for columns with `feed`, the plan on the example input."""
+    from the batch, the plan on the example input, the feed strategy for columns with `feed`."""
     sig = model.signature("serving_default")
-    plan_kwargs = dict(column_map={}, outputs=None, keep_columns=["row_id"])
+    scoring = ScoringOptions(keep_columns=["row_id"], example_feed=feed)
     unknown = columns.unknown_rank_outputs(sig, None)
     shapes = {}
     if unknown:
-        found, _ = preflight.learn_output_shapes(model, sig, schema, sample, plan_kwargs, unknown)
+        found, _ = preflight.learn_output_shapes(model, sig, schema, sample, scoring, unknown)
         shapes = found or {k: (-1,) for k in unknown}
-    ex = examples.scorer_for_columns(model, sig.key, schema, {}, feed, None)
-    assert ex is not None
-    plan = columns.make_plan(sig, examples.plan_schema(schema, ex.input_key),
-                             required_inputs=model.required_inputs(sig.key),
-                             output_shapes=shapes, **plan_kwargs)
-    scorer = BatchScorer(model, plan, schema)
-    ex.output_keys = tuple(plan.output_keys)
-    scorer.examples = ex
+    plan = build_plan(model.prepared, sig, schema, scoring, shapes,
+                      required_inputs=model.required_inputs(sig.key))
+    feed_strategy = choose_feed(model, plan, schema, scoring)
+    assert isinstance(feed_strategy, example_feeds.ExampleScorer)
+    scorer = BatchScorer(model, plan, schema, feed_strategy)
     return scorer
 
 
@@ -262,7 +261,7 @@ def assert_agrees_with_tensorflow(b: Built, table: pa.Table, rows: list[dict]) -
         failed_ids = result.failed.column("row_id").to_pylist()
         reasons = dict(zip(failed_ids, result.failed.column("error").to_pylist()))
         assert sorted(scored_ids + failed_ids) == list(range(table.num_rows)), feed
-        assert set(failed_ids) == tf_failed, (feed, scorer.examples.path, reasons,
+        assert set(failed_ids) == tf_failed, (feed, scorer.feed.path, reasons,
                                               {r: truth[r][1] for r in tf_failed})
         for r in failed_ids:  # the reason names a feature, as TensorFlow's does
             assert any(key in reasons[r] for key in b.dtypes), reasons[r]
@@ -272,7 +271,7 @@ def assert_agrees_with_tensorflow(b: Built, table: pa.Table, rows: list[dict]) -
             got = result.scored.column(key).to_pylist()
             want = [np.asarray(truth[r][0][key])[0].tolist() for r in scored_ids]
             assert got == want, (feed, key, scored_ids, got, want)
-        paths[feed] = scorer.examples.path
+        paths[feed] = scorer.feed.path
     return paths
 
 
@@ -322,7 +321,7 @@ def test_encoder_equals_tensorflow_protos(case):
     equal TensorFlow's own deterministic serialization of the same Example."""
     spec, table, rows = case
     dtypes = {k: f.dtype for k, f in spec.features.items()}
-    serialized, errors = examples.serialize_columns(table, spec)
+    serialized, errors = example_feeds.serialize_columns(table, spec)
     assert errors == [None] * table.num_rows
     for data, row in zip(serialized, rows):
         parsed = tf.train.Example.FromString(data).features.feature

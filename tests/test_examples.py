@@ -24,8 +24,9 @@ from realmodels import REALMODELS
 import beam_v1
 from beam_v1.errors import BeamV1Error
 from beam_v1.io import tfrecord
-from beam_v1.model import examples
+from beam_v1.model import example_spec as examples
 from beam_v1.model import metadata as savedmodel
+from beam_v1.scoring import example_feeds
 
 v1 = tf.compat.v1
 TAXI_DATA = REALMODELS / "_data" / "tfx_chicago_taxi_examples"
@@ -142,8 +143,8 @@ def assert_same(a: dict, b: dict):
 
 
 def three_way(model, signature, table, *, expect_direct=True):
-    direct = examples.ExampleScorer(model, signature, mode="auto")
-    exact = examples.ExampleScorer(model, signature, mode="serialize")
+    direct = example_feeds.ExampleScorer(model, signature, mode="auto")
+    exact = example_feeds.ExampleScorer(model, signature, mode="serialize")
     assert direct.direct is expect_direct, direct.blocker
     rows_d, out_d, bad_d = direct.score(table)
     rows_s, out_s, bad_s = exact.score(table)
@@ -233,10 +234,10 @@ def test_missing_required_feature_and_wrong_types_go_to_the_dead_letter(estimato
 
 
 def test_forced_direct_names_why_it_cannot(estimator_model):
-    scorer = examples.ExampleScorer(estimator_model, "serving_default", mode="direct")
+    scorer = example_feeds.ExampleScorer(estimator_model, "serving_default", mode="direct")
     assert scorer.direct and scorer.path == "direct"
     with pytest.raises(ValueError):
-        examples.ExampleScorer(estimator_model, "serving_default", mode="fast")
+        example_feeds.ExampleScorer(estimator_model, "serving_default", mode="fast")
 
 
 @needs_corpus
@@ -260,14 +261,14 @@ def test_half_plus_two_classify_and_regress_from_columns(name):
             tested += 1
         assert tested >= 1
         if "regress_x_to_y" in model.signatures:
-            _, out, _ = examples.ExampleScorer(model, "regress_x_to_y").score(table)
+            _, out, _ = example_feeds.ExampleScorer(model, "regress_x_to_y").score(table)
             np.testing.assert_allclose(out["outputs"].ravel(), [2.0, 2.5, 4.25, 1.0])
 
 
 @needs_corpus
 def test_stfs_estimator_model_from_columns():
     with beam_v1.load(str(REALMODELS / "stfs__tensorflow_estimator_model")) as model:
-        spec = examples.ExampleScorer(model).spec
+        spec = example_feeds.ExampleScorer(model).spec
         b = spec.features["b"]
         table = pa.table({
             "a": pa.array([["x"], None, ["y", "z"], []], pa.list_(pa.string())),
@@ -321,7 +322,7 @@ def test_taxi_models_from_columns_and_from_tfrecord_on_every_signature(name, tax
     table = pq.read_table(tmp_path / "taxi.parquet")
     with beam_v1.load(str(REALMODELS / name)) as model:
         for key in model.signatures:
-            exact = examples.ExampleScorer(model, key, mode="serialize")
+            exact = example_feeds.ExampleScorer(model, key, mode="serialize")
             data = retyped(table, exact.spec)
             rows, out, bad = three_way(model, key, data)
             assert not bad and len(rows) == 414

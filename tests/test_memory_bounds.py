@@ -17,7 +17,7 @@ import pytest
 
 import beam_v1
 from beam_v1.cli import main as cli
-from beam_v1.scoring.dofn import DEFAULT_MAX_BATCH_BYTES
+from beam_v1.scoring.options import DEFAULT_MAX_BATCH_BYTES
 
 MIB = 2**20
 ROW_GROUP = 24

@@ -84,7 +84,7 @@ def test_example_scorer_runs_through_the_proxy(tmp_path):
     """A tf.Example signature fed from columns (tensors run by name on the server)."""
     from test_examples import build_estimator_style, fixture_table
 
-    from beam_v1.model import examples
+    from beam_v1.scoring import example_feeds as examples
 
     path = build_estimator_style(str(tmp_path / "est"))
     table = fixture_table(40)

@@ -19,11 +19,11 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 import beam_v1
 from beam_v1.errors import MissingOpsError, ModelFileError, SignatureNotFoundError
-from beam_v1.model import audit, examples, metadata
+from beam_v1.model import audit, metadata
 from beam_v1.model.options import LoadOptions
 from beam_v1.model.prepared import PreparedModel, prepare
 from beam_v1.model.session import V1Model
-from beam_v1.scoring import preflight
+from beam_v1.scoring import example_feeds, preflight
 
 v1 = tf.compat.v1
 
@@ -70,8 +70,9 @@ def test_tf_example_scorer_reads_no_proto(tmp_path):
     before = metadata.parse_count()
     with beam_v1.load(path) as model:
         table = fixture_table(20)
-        scorer = examples.scorer_for_columns(model, "serving_default", table.schema, {}, "auto",
-                                             None)
+        scorer = example_feeds.scorer_for_columns(
+            model, "serving_default", table.schema, {}, "auto", None
+        )
         rows, out, bad = scorer.score(table)
         assert metadata.parse_count() == before + 1  # load's prepare only
         assert model.prepared.example_specs("serving_default")["examples"] is scorer.spec
@@ -256,4 +257,4 @@ def test_run_v1_inference_keeps_the_validated_options(built_models):
         built_models["mlp"], schema=pa.schema([("x", pa.list_(pa.float32(), 4))]),
         intra_op_threads=1, op_libraries=[],
     )
-    assert dict(transform.config.load_options) == {"intra_op_threads": 1}
+    assert transform.config.load == LoadOptions(intra_op_threads=1)

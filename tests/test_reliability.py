@@ -22,6 +22,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 import beam_v1
 from beam_v1.errors import BeamV1Error, MissingOpsError, ModelFileError
 from beam_v1.scoring.dofn import RunV1InferenceDoFn, ScoringConfig, rows_within_bytes
+from beam_v1.scoring.options import ScoringOptions
 
 # ------------------------------------------------------------------ corrupt models
 
@@ -383,7 +384,8 @@ def test_max_batch_bytes_bounds_batches(built_models):
     table = _string_model_tables(lengths)
     limit = 4_000
     config = ScoringConfig(
-        model=built_models["string_lookup"], batch_size=1000, max_batch_bytes=limit
+        model=built_models["string_lookup"],
+        scoring=ScoringOptions(batch_size=1000, max_batch_bytes=limit),
     )
     scored, failed = run_dofn(config, [table.slice(0, 30), table.slice(30)])
     assert failed == []
@@ -399,7 +401,10 @@ def test_max_batch_bytes_bounds_batches(built_models):
     assert got["id"].to_pylist() == [-1] * 101  # "aaa..." is not in the vocabulary
     # without the bound: one batch
     scored, _ = run_dofn(
-        ScoringConfig(model=built_models["string_lookup"], batch_size=1000), [table]
+        ScoringConfig(
+            model=built_models["string_lookup"], scoring=ScoringOptions(batch_size=1000)
+        ),
+        [table],
     )
     assert [t.num_rows for t in scored] == [101]
 

@@ -19,7 +19,7 @@ from tensorflow.core.framework import graph_pb2, types_pb2
 
 import beam_v1
 from beam_v1.errors import MissingOpsError
-from beam_v1.model import examples as examples_mod
+from beam_v1.model import example_spec as examples_mod
 from beam_v1.model import metadata as savedmodel
 from beam_v1.model import rewrites
 

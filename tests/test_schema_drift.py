@@ -299,8 +299,8 @@ def test_file_schema_rule_loses_no_row():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from beam_v1.schema_drift import FileSchemas
     from beam_v1.scoring.columns import failed_schema
+    from beam_v1.scoring.schema_drift import FileSchemas
 
     names = ["c0", "c1", "c2"]
 

@@ -24,6 +24,7 @@ from beam_v1.errors import BeamV1Error, SchemaError
 from beam_v1.io import tfrecord
 from beam_v1.model.metadata import SignatureInfo, TensorSpec
 from beam_v1.scoring import columns, preflight
+from beam_v1.scoring.options import ScoringOptions
 from beam_v1.scoring.scorer import BatchScorer
 
 v1 = tf.compat.v1
@@ -358,8 +359,8 @@ def test_output_shape_probe_runs_on_sliced_sparse_feeds(sparse_model):
     sparse input that is a slice of a SparseFeed, with its own dense_shape."""
     table = good_table(12)
     sig = sparse_model.signature()
-    shapes, why = preflight.learn_output_shapes(sparse_model, sig, table.schema, table, {},
-                                                ["y", "sp_count"], probe_rows=5)
+    shapes, why = preflight.learn_output_shapes(sparse_model, sig, table.schema, table,
+                                                ScoringOptions(), ["y", "sp_count"], probe_rows=5)
     assert why is None and shapes == {"y": (-1,), "sp_count": (-1,)}
 
 

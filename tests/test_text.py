@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beam_v1.model.metadata import parse_tags
-from beam_v1.scoring.dofn import freeze_list
+from beam_v1.scoring.options import freeze_list
 from beam_v1.text import first_line, split_list
 
 EXAMPLES = int(os.environ.get("BEAM_V1_FUZZ_EXAMPLES", "60"))

@@ -18,7 +18,9 @@ from test_pipeline import MULTI_PROCESSING, mlp_tables
 
 import beam_v1
 from beam_v1.model import threads
+from beam_v1.model.options import LoadOptions
 from beam_v1.scoring import dofn
+from beam_v1.scoring.options import ScoringOptions
 from beam_v1.scoring.transforms import RunV1Inference
 
 EXAMPLES = int(os.environ.get("BEAM_V1_FUZZ_EXAMPLES", "50"))
@@ -96,7 +98,7 @@ def test_cores_follow_affinity_and_cgroup_quota(tmp_path):
 def test_session_gets_the_budget(built_models, monkeypatch):
     """The budget reaches the session's ConfigProto; model_copies splits by copies."""
     monkeypatch.setenv(threads.ENV_PROCESSES, "2")
-    config = dofn.ScoringConfig(model=built_models["mlp"], load_options=(("inter_op_threads", 3),))
+    config = dofn.ScoringConfig(model=built_models["mlp"], load=LoadOptions(inter_op_threads=3))
     options, budget = dofn.budgeted_load_options(config)
     share = max(1, threads.available_cores() // 2)
     assert (budget.intra_op_threads, budget.inter_op_threads) == (share, 3)
@@ -104,7 +106,9 @@ def test_session_gets_the_budget(built_models, monkeypatch):
         proto = model.options.session_config()
     assert proto.intra_op_parallelism_threads == share
     assert proto.inter_op_parallelism_threads == 3
-    copies = dofn.budgeted_load_options(dofn.ScoringConfig(model="m", model_copies=1))[1]
+    copies = dofn.budgeted_load_options(
+        dofn.ScoringConfig(model="m", scoring=ScoringOptions(model_copies=1))
+    )[1]
     assert copies.processes == 1 and copies.intra_op_threads == 0
 
 

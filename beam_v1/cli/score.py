@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from beam_v1.cli.flags import add_load_flags, command_parser, csv_list
+from beam_v1.scoring.options import DEFAULT_BATCH_SIZE  # no Beam or TensorFlow there
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -60,7 +61,9 @@ def add_score_flags(parser: argparse.ArgumentParser) -> None:
         metavar="COLUMN=INPUT_KEY",
         help="feed input INPUT_KEY from COLUMN; repeatable",
     )
-    parser.add_argument("--batch-size", type=int, default=65536, help="rows per session run")
+    parser.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rows per session run"
+    )
     parser.add_argument(
         "--max-batch-bytes",
         type=int,

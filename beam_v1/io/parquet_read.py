@@ -13,10 +13,10 @@ each slice a table of its own, so the reader holds about one slice of Arrow memo
 pyarrow can decode in slices (`read_row_group` decodes several times a row group's size at
 once, and an open file kept about one row group allocated after it).
 
-Given the run's `schema_drift.FileSchemas`, each file's footer is judged where its row
-groups are read: tables of a file whose schema casts to the first file's are cast to it;
-rows of a file that does not go, with the reason, to the `DRIFTED` output as dead-letter
-rows (SPEC §8: schema drift is row data).
+Given a `FileJudge` (the scoring side's drift rule, `beam_v1.scoring.schema_drift`), each
+file's footer is judged where its row groups are read: tables of a file whose schema casts
+to the first file's are cast to it; rows of a file that does not go, with the reason, to the
+`DRIFTED` output as dead-letter rows (SPEC §8: schema drift is row data).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import Protocol
 
 import apache_beam as beam
 import pyarrow as pa
@@ -34,13 +35,28 @@ from apache_beam.metrics import Metrics
 
 from beam_v1.io import files
 from beam_v1.runs import display_items
-from beam_v1.schema_drift import FileSchemas
 
 _log = logging.getLogger(__name__)
 DRIFTED = "drifted"  # tagged output: dead-letter rows of files whose schema drifted
 _OPEN_FILES = 4  # row groups arrive shuffled: keep a few files' footers open
 READ_BATCH_BYTES = 8 << 20  # decoded bytes per slice of a row group (at least one row)
 READ_BUFFER_BYTES = 1 << 20  # column data is read through a buffer of this size
+
+
+class FileJudge(Protocol):
+    """How a file's tables are held to the run's schema (picklable; the reader only calls)."""
+
+    def extra_columns(self, schema: pa.Schema) -> list[str]:
+        """Columns of a file with `schema` that the run's schema has not (dropped)."""
+
+    def problems(self, schema: pa.Schema) -> list[str]:
+        """Why tables of a file with `schema` cannot be cast to the run's schema (none: [])."""
+
+    def conform(self, table: pa.Table) -> pa.Table:
+        """`table` cast to the run's schema; pa.ArrowInvalid for a value that does not fit."""
+
+    def dead_letter(self, table: pa.Table, reason: str) -> pa.Table:
+        """`table`'s rows as dead-letter rows with `reason`."""
 
 
 def open_parquet(path: str) -> pq.ParquetFile:
@@ -104,7 +120,7 @@ class _ReadRowGroupDoFn(beam.DoFn):
     def __init__(
         self,
         columns: list[str] | None,
-        schemas: FileSchemas | None = None,
+        schemas: FileJudge | None = None,
         slice_bytes: int = READ_BATCH_BYTES,
     ):
         self._columns = columns
@@ -190,7 +206,7 @@ class ReadParquetRowGroups(beam.PTransform):
         file_pattern: str,
         columns: list[str] | None = None,
         *,
-        schemas: FileSchemas | None = None,
+        schemas: FileJudge | None = None,
         slice_bytes: int = READ_BATCH_BYTES,
     ):
         super().__init__()

@@ -1,12 +1,14 @@
-"""TFRecord files of serialized tf.Example: reading records, decoding them to Arrow columns."""
+"""TFRecord files of serialized tf.Example: reading records, decoding them to Arrow tables.
+
+No scoring here: `beam_v1.scoring.sources.TFRecordSource` reads through these functions.
+"""
 
 from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystem import CompressedFile, CompressionTypes
@@ -15,7 +17,6 @@ from beam_v1 import dtypes
 from beam_v1.errors import BeamV1Error
 from beam_v1.io import files
 from beam_v1.io.checksums import masked_crc32c
-from beam_v1.runs import display_items
 
 COMPRESSIONS = ("auto", "none", "gzip", "zlib")
 _ALIASES = {"": "none", "uncompressed": "none", "gz": "gzip"}
@@ -168,164 +169,26 @@ def decode_examples(
 
 
 
-# ---------------------------------------------------------------------- Beam route
+# ---------------------------------------------------------------------- Arrow tables
 
 SERIALIZED_COLUMN = "serialized"
 
 
-def records_table(records: list[bytes], spec=None) -> pa.Table:
-    """Arrow table of one batch of records: `serialized` (binary), plus, with an ExampleSpec,
-    one list column per feature decoded from the examples (kept columns in the output)."""
+def records_table(records: list[bytes], features: Mapping[str, str] | None = None) -> pa.Table:
+    """Arrow table of one batch of records: `serialized` (binary), plus, given `features`
+    ({key: 'float32'|'int64'|'string'}), one list column per feature decoded from them."""
     table = pa.table({SERIALIZED_COLUMN: pa.array(records, pa.binary())})
-    if spec is not None:
-        decoded = decode_examples(
-            records, {k: f.dtype for k, f in spec.features.items()}, as_lists=True
-        )
+    if features:
+        decoded = decode_examples(records, dict(features), as_lists=True)
         for name in decoded.column_names:
             table = table.append_column(name, decoded.column(name))
     return table
 
 
-def _records_schema(spec) -> pa.Schema:
+def records_schema(features: Mapping[str, str] | None = None) -> pa.Schema:
+    """The schema of `records_table(..., features)`."""
     fields = [pa.field(SERIALIZED_COLUMN, pa.binary())]
-    if spec is not None:
-        fields += [
-            pa.field(k, pa.list_(dtypes.arrow_type(f.dtype))) for k, f in spec.features.items()
-        ]
+    fields += [
+        pa.field(k, pa.list_(dtypes.arrow_type(dtype))) for k, dtype in (features or {}).items()
+    ]
     return pa.schema(fields)
-
-
-class ScoreTFRecord(beam.PTransform):
-    """Read TFRecord files of serialized tf.Example -> score -> write Parquet (+ dead letter).
-
-    The serialized examples feed the signature's string input as they are (the graph parses
-    them); with `decode_features=True` the examples' features are also written, decoded, as
-    kept columns (one list column per feature of the signature's spec). `compression`: 'auto'
-    (default: each file's first bytes tell uncompressed, GZIP or ZLIB, whatever its name), or
-    'none' | 'gzip' | 'zlib' (TensorFlow's '', 'GZIP', 'ZLIB') as `tf.data.TFRecordDataset`'s
-    `compression_type`; see `read_records`.
-    """
-
-    def __init__(
-        self,
-        model: str,
-        input_pattern: str,
-        output_prefix: str,
-        dead_letter_prefix: str | None = None,
-        *,
-        signature: str | None = None,
-        tags=None,
-        outputs=None,
-        decode_features: bool = False,
-        compression: str | None = "auto",
-        batch_size: int = 65536,
-        max_batch_bytes: int | None = None,
-        num_shards: int = 0,
-        keep_columns=None,
-        column_map=None,
-        progress_seconds: float | None = None,
-        codec: str = "snappy",
-        model_copies: int | None = None,
-        **load_options,
-    ):
-        super().__init__()
-        from beam_v1.scoring import columns, dofn, preflight
-
-        self.model = str(model)
-        self.input_pattern = input_pattern
-        self.output_prefix = output_prefix
-        self.dead_letter_prefix = dead_letter_prefix or f"{output_prefix}-failed"
-        self.batch_size = batch_size
-        self.max_batch_bytes = max_batch_bytes
-        self.num_shards = num_shards
-        self.compression = compression_name(compression)
-        self.load_options = load_options
-        self.model_copies = model_copies
-        self.progress_seconds = progress_seconds
-        self.codec = codec
-        if column_map:
-            raise BeamV1Error("--map does not apply to TFRecord input: the records feed the "
-                              "signature's serialized-example input.")
-        self.tags = dofn.freeze_list(tags)
-        prepared = preflight.check_model(self.model, self.tags, signature, load_options)
-        local, sig = prepared.local_dir, prepared.signature()
-        required = list(sig.inputs)
-        self.signature = sig.key
-        specs = prepared.example_specs(sig.key)
-        if len(specs) != 1:
-            raise BeamV1Error(
-                f"Signature {sig.key!r} has {len(specs)} serialized tf.Example inputs; TFRecord "
-                "input needs exactly one."
-            )
-        (self.input_key, spec), = specs.items()
-        self.spec = spec if decode_features else None
-        self.input_schema = _records_schema(self.spec)
-        self.outputs = dofn.freeze_list(outputs)
-        keep = [n for n in self.input_schema.names if n != SERIALIZED_COLUMN]
-        if keep_columns is not None:
-            unknown = sorted(set(dofn.freeze_list(keep_columns)) - set(keep))
-            if unknown:
-                raise BeamV1Error(f"--keep-columns {unknown}: TFRecord input has the columns "
-                                  f"{keep} (features of the spec, with decode_features).")
-            keep = list(dofn.freeze_list(keep_columns))
-        self.keep_columns = tuple(keep)
-        self.plan = columns.make_plan(
-            sig, self.input_schema, required_inputs=required,
-            column_map={SERIALIZED_COLUMN: self.input_key}, outputs=self.outputs,
-            keep_columns=self.keep_columns,
-            output_shapes={k: (-1,) for k in columns.unknown_rank_outputs(sig, self.outputs)},
-        )
-        self.output_schema = self.plan.output_schema(self.input_schema)
-        self.failed_schema = columns.failed_schema(self.input_schema)
-        self.checked = preflight.Checked(  # what `beam-v1 score`'s summary reads
-            model_dir=local, signature=sig, plan=self.plan, input_schema=self.input_schema,
-            output_schema=self.output_schema, failed_schema=self.failed_schema,
-            input_files=preflight.match_files(input_pattern), output_shapes={},
-        )
-
-    def expand(self, pbegin):
-        from apache_beam.io import fileio
-
-        from beam_v1.scoring.transforms import RunV1Inference, write_outputs
-
-        spec, compression = self.spec, self.compression
-        # one file per element; `read_records` verifies both checksums of every record and
-        # names the file, record and offset of a corrupt one
-        scored = (
-            pbegin
-            | "Match" >> fileio.MatchFiles(self.input_pattern)
-            | "Spread" >> beam.Reshuffle()
-            | "ReadTFRecord" >> beam.FlatMap(lambda m: read_records(m.path, compression))
-            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
-            | "ToArrow" >> beam.Map(lambda records: records_table(list(records), spec))
-            | "Infer" >> RunV1Inference(
-                self.model,
-                signature=self.signature,
-                tags=self.tags,
-                outputs=self.outputs,
-                keep_columns=self.keep_columns,
-                column_map={SERIALIZED_COLUMN: self.input_key},
-                batch_size=self.batch_size,
-                max_batch_bytes=self.max_batch_bytes,
-                progress_seconds=self.progress_seconds,
-                checked=self.checked,
-                model_copies=self.model_copies,
-                **self.load_options,
-            )
-        )
-        return write_outputs(
-            scored,
-            self.checked,
-            output_prefix=self.output_prefix,
-            dead_letter_prefix=self.dead_letter_prefix,
-            codec=self.codec,
-            num_shards=self.num_shards,
-        )
-
-    def display_data(self) -> dict:
-        return display_items(
-            model=self.model, input=self.input_pattern, output_prefix=self.output_prefix,
-            dead_letter_prefix=self.dead_letter_prefix, signature=self.signature,
-            batch_size=self.batch_size, max_batch_bytes=self.max_batch_bytes,
-            num_shards=self.num_shards or None, compression=self.compression, codec=self.codec,
-        )

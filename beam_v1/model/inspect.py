@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from beam_v1.model import examples, metadata
+from beam_v1.model import example_spec, metadata
 from beam_v1.model.audit import Finding
 from beam_v1.model.metadata import AssetInfo, SignatureInfo, VariableInfo
 from beam_v1.model.options import LoadOptions
@@ -38,7 +38,7 @@ class ModelInfo:
     unsafe_ops: list[Finding] = dataclasses.field(default_factory=list)
     # ops this TensorFlow lost that beam_v1.model.rewrites replaces at load time: op -> nodes
     rewrites: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    # tf.Example feature spec behind each serialized-example input (beam_v1.model.examples)
+    # tf.Example feature spec behind each serialized-example input (beam_v1.model.example_spec)
     example_specs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,7 +88,7 @@ def inspect(
         warnings=warnings,
         unsafe_ops=list(prepared.findings),
         rewrites=dict(prepared.rewritten),
-        example_specs=examples.describe_meta_graph(mg),
+        example_specs=example_spec.describe_meta_graph(mg),
     )
 
 
@@ -157,7 +157,7 @@ def format_model_info(info: ModelInfo) -> str:
         lines += ["", "Rewrites applied at load (ops this TensorFlow lost; --no-rewrites: off)"]
         lines += [f"  {op}: {len(n)} node(s), e.g. {n[0]}" for op, n in info.rewrites.items()]
     if info.example_specs:
-        lines += ["", "tf.Example inputs"] + examples.format_specs(info.example_specs)
+        lines += ["", "tf.Example inputs"] + example_spec.format_specs(info.example_specs)
     lines += ["", "Unsafe ops (refused unless --allow-unsafe-ops)"]
     lines += _table(
         [[f.op, f.node, f"from {f.reached_from}", f.reason] for f in info.unsafe_ops], "  "

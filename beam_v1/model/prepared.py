@@ -36,7 +36,7 @@ from typing import Any
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from beam_v1.errors import ModelFileError, SignatureNotFoundError
-from beam_v1.model import audit, examples, files_check, kernels, metadata, rewrites
+from beam_v1.model import audit, example_spec, files_check, kernels, metadata, rewrites
 from beam_v1.model.audit import Finding
 from beam_v1.model.metadata import SignatureInfo
 from beam_v1.model.options import LoadOptions
@@ -77,7 +77,7 @@ class PreparedModel:
     strict: bool = True
     missing_ops: Mapping[str, tuple[list[str], str]] = dataclasses.field(default_factory=dict)
     findings: tuple[Finding, ...] = ()
-    _example_specs: dict[str, dict[str, examples.ExampleSpec]] = dataclasses.field(
+    _example_specs: dict[str, dict[str, example_spec.ExampleSpec]] = dataclasses.field(
         default_factory=dict, repr=False
     )
 
@@ -101,12 +101,12 @@ class PreparedModel:
             f"Signature {key!r} is not in the model. Its signatures are: {listing}."
         )
 
-    def example_specs(self, key: str | None = None) -> dict[str, examples.ExampleSpec]:
+    def example_specs(self, key: str | None = None) -> dict[str, example_spec.ExampleSpec]:
         """{input key: ExampleSpec} of the signature's serialized tf.Example inputs (cached)."""
         key = self.signature(key).key
         found = self._example_specs.get(key)
         if found is None:
-            found = examples.specs_of_signature(self.meta_graph, key)
+            found = example_spec.specs_of_signature(self.meta_graph, key)
             self._example_specs[key] = found
         return found
 

@@ -190,7 +190,7 @@ class V1Model:
         sig = self.signature(signature)
         output_keys = self.output_keys(sig, outputs)
         tensor_values = self._check_feeds(sig, feeds)
-        run = self._callable(sig.key, tuple(tensor_values), output_keys)
+        run = self.callable(sig.key, tuple(tensor_values), output_keys)
         results = run(*tensor_values.values())
         # rank-0 outputs come back as numpy scalars; the contract is ndarray
         return {key: np.asarray(value) for key, value in zip(output_keys, results)}
@@ -273,7 +273,9 @@ class V1Model:
                 by_tensor[name] = array
         return by_tensor
 
-    def _callable(self, signature: str, feed_names: tuple[str, ...], output_keys: tuple[str, ...]):
+    def callable(self, signature: str, feed_names: tuple[str, ...], output_keys: tuple[str, ...]):
+        """The session's callable feeding tensors `feed_names` and fetching outputs
+        `output_keys` of `signature` (made once per model and kept: the one cache)."""
         cache_key = (signature, feed_names, output_keys)
         run = self._callables.get(cache_key)
         if run is not None:

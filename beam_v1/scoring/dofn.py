@@ -9,7 +9,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -21,8 +20,11 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_v1.io import staging
+from beam_v1.model.options import LoadOptions
 from beam_v1.scoring import latency
-from beam_v1.text import split_list
+from beam_v1.scoring.options import DEFAULT_MAX_BATCH_BYTES, ScoringOptions
+
+__all__ = ["DEFAULT_MAX_BATCH_BYTES", "RunV1InferenceDoFn", "ScoringConfig"]
 
 NAMESPACE = "beam_v1"
 SCORED = "scored"
@@ -30,37 +32,30 @@ FAILED = "failed"
 # batches scored while the DoFn's thread reads, converts and writes around them: the
 # session and pyarrow both release the GIL, so the three overlap
 IN_FLIGHT = 1
-# a batch's Arrow bytes when no budget is given: wide rows (images, documents) merge into
-# batches of this size, not of batch_size rows; numeric rows of a few KB still fill batch_size
-DEFAULT_MAX_BATCH_BYTES = 64 * 2**20
 
 _log = logging.getLogger(__name__)
 _progress_log = logging.getLogger("beam_v1.progress")  # INFO: shown by the CLI unless --quiet
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ScoringConfig:
-    """Everything a worker needs to load the model and plan its batches (picklable)."""
+    """Everything a worker needs to load the model and plan its batches (picklable).
+
+    `model`, `tags` and `signature` name the model; `load` says how to load it and `scoring`
+    how to cut, feed and write back its batches."""
 
     model: str
     tags: tuple[str, ...] | None = None
     signature: str | None = None
-    outputs: tuple[str, ...] | None = None
-    keep_columns: tuple[str, ...] | None = None
-    column_map: tuple[tuple[str, str], ...] = ()
-    batch_size: int = 65536
-    load_options: tuple[tuple[str, Any], ...] = ()
-    output_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
-    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES  # a batch's Arrow bytes (a bigger row: alone)
-    example_feed: str = "auto"  # tf.Example from columns: auto (direct when exact) | serialize
+    load: LoadOptions = LoadOptions()
+    scoring: ScoringOptions = ScoringOptions()
     # SDK processes on one machine as the pipeline options say (None: found on the worker);
     # sizes the session's thread pools (beam_v1.model.threads)
     processes_per_machine: int | None = None
-    model_copies: int = 0  # > 0: that many sessions per machine, shared by its processes
     share_tag: str = ""  # names the shared copies of one transform (model_server.copy_tags)
 
     def cache_key(self) -> str:
-        return repr((self.model, self.tags, self.signature, self.load_options))
+        return repr((self.model, self.tags, self.signature, self.load))
 
 
 class _SharedModel:
@@ -97,12 +92,12 @@ def budgeted_load_options(config: ScoringConfig):
     """The config's load options with the thread budget of this worker applied."""
     from beam_v1.model import threads
 
-    options = dict(config.load_options)
+    options = config.load.as_kwargs()
     budget = threads.budget_for_worker(
         config.processes_per_machine,
-        options.get("intra_op_threads", 0),
-        options.get("inter_op_threads", 0),
-        model_copies=config.model_copies,
+        config.load.intra_op_threads,
+        config.load.inter_op_threads,
+        model_copies=config.scoring.model_copies,
     )
     options.update(intra_op_threads=budget.intra_op_threads,
                    inter_op_threads=budget.inter_op_threads)
@@ -118,14 +113,14 @@ def _serve_model(config: ScoringConfig):
 
 
 def _acquire_model(config: ScoringConfig, handle: shared.Shared):
-    if not config.model_copies:
+    if not config.scoring.model_copies:
         return handle.acquire(lambda: load_shared_model(config), tag=config.cache_key())
     from beam_v1.scoring import model_server
 
     # one client per process too: its proxies' connections are per thread already
     return handle.acquire(
         lambda: model_server.acquire(
-            config.share_tag, config.model_copies, lambda: _serve_model(config)
+            config.share_tag, config.scoring.model_copies, lambda: _serve_model(config)
         ),
         tag=config.cache_key() + "/shared",
     )
@@ -142,15 +137,10 @@ class RunV1InferenceDoFn(beam.DoFn):
     the global window.
     """
 
-    def __init__(
-        self,
-        config: ScoringConfig,
-        shared_handle: shared.Shared,
-        progress_seconds: float | None = None,
-    ):
+    def __init__(self, config: ScoringConfig, shared_handle: shared.Shared):
         self._config = config
         self._shared = shared_handle
-        self._progress_seconds = progress_seconds
+        self._progress_seconds = config.scoring.progress_seconds
         self._rows_in = Metrics.counter(NAMESPACE, "rows_in")
         self._rows_scored = Metrics.counter(NAMESPACE, "rows_scored")
         self._rows_failed = Metrics.counter(NAMESPACE, "rows_failed")
@@ -203,8 +193,8 @@ class RunV1InferenceDoFn(beam.DoFn):
             yield from self._flush(self._take_buffer())
         self._buffer.append(table)
         self._buffered += table.num_rows
-        size = self._config.batch_size
-        limit = self._config.max_batch_bytes
+        size = self._config.scoring.batch_size
+        limit = self._config.scoring.max_batch_bytes
         while self._buffered >= size or (
             self._buffered and sum(t.nbytes for t in self._buffer) > limit
         ):
@@ -260,39 +250,26 @@ class RunV1InferenceDoFn(beam.DoFn):
         scorer = self._scorers.get(schema)
         if scorer is None:
             from beam_v1.scoring import columns, preflight
-            from beam_v1.scoring.scorer import BatchScorer
+            from beam_v1.scoring.plan import build_plan
+            from beam_v1.scoring.scorer import BatchScorer, choose_feed
 
-            c = self._config
+            c, o = self._config, self._config.scoring
             sig = self._model.signature(c.signature)
-            plan_kwargs = dict(
-                column_map=dict(c.column_map), outputs=c.outputs, keep_columns=c.keep_columns
-            )
-            shapes = dict(c.output_shapes)
-            unknown = [k for k in columns.unknown_rank_outputs(sig, c.outputs) if k not in shapes]
+            shapes = dict(o.output_shapes)
+            unknown = [k for k in columns.unknown_rank_outputs(sig, o.outputs) if k not in shapes]
             learnt = True
             if unknown:  # outputs of unknown rank: learn it from this batch's first rows
                 found, _ = preflight.learn_output_shapes(
-                    self._model, sig, schema, batch, plan_kwargs, unknown
+                    self._model, sig, schema, batch, o, unknown
                 )
                 learnt = found is not None
                 shapes.update(found or {k: (-1,) for k in unknown})
-            from beam_v1.model import examples  # tf.Example signature fed from feature columns
-
-            ex = examples.scorer_for_columns(
-                self._model, sig.key, schema, dict(c.column_map),
-                c.example_feed, c.outputs,
+            plan = build_plan(
+                self._model.prepared, sig, schema, o, shapes,
+                required_inputs=self._model.required_inputs(sig.key),
             )
-            plan = columns.make_plan(
-                sig,
-                examples.plan_schema(schema, ex.input_key) if ex else schema,
-                required_inputs=self._model.required_inputs(c.signature),
-                output_shapes=shapes,
-                **plan_kwargs,
-            )
-            scorer = BatchScorer(self._model, plan, schema)
-            if ex is not None:
-                ex.output_keys = tuple(plan.output_keys)
-                scorer.examples = ex
+            feed = choose_feed(self._model, plan, schema, o)  # columns or tf.Example
+            scorer = BatchScorer(self._model, plan, schema, feed)
             if learnt:  # else no row could tell the shapes: try again with the next batch
                 self._scorers[schema] = scorer
         return scorer
@@ -333,12 +310,3 @@ def rows_within_bytes(table: pa.Table, rows: int, limit: int) -> int:
 
 def _global(value) -> WindowedValue:
     return WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()])
-
-
-def freeze_mapping(mapping: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted((mapping or {}).items()))
-
-
-def freeze_list(values: Sequence[str] | str | None) -> tuple[str, ...] | None:
-    names = split_list(values)
-    return None if names is None else tuple(names)

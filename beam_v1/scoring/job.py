@@ -21,10 +21,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_v1.errors import BeamV1Error
 from beam_v1.io.parquet_read import reading_parquet
-from beam_v1.io.tfrecord import ScoreTFRecord
 from beam_v1.runs import run_to_end
 from beam_v1.scoring import latency
-from beam_v1.scoring.transforms import ScoreParquet
+from beam_v1.scoring.transforms import ScoreParquet, ScoreTFRecord
 
 PROGRESS_SECONDS = 5.0
 

@@ -44,7 +44,6 @@ class ModelServer:
         self._threads = threads
         self._unreported = True
         self._lock = threading.Lock()
-        self._callables: dict[tuple, Any] = {}
 
     def describe(self) -> dict[str, Any]:
         """Everything a client needs besides running the model (picklable)."""
@@ -55,6 +54,7 @@ class ModelServer:
             "signatures": m.signatures,
             "default_signature": m.default_signature,
             "required_inputs": {key: m.required_inputs(key) for key in m.signatures},
+            "prepared": m.prepared,
             "threads": self._threads,
             "pid": os.getpid(),
         }
@@ -63,19 +63,10 @@ class ModelServer:
                 signature: str | None = None) -> dict[str, np.ndarray]:
         return self._model.predict(feeds, outputs=outputs, signature=signature)
 
-    def run_tensors(self, feed_names: Sequence[str], fetch_names: Sequence[str],
-                    values: Sequence[Any]) -> list[np.ndarray]:
-        """Run the session on tensors by name (the tf.Example scorer's direct feeds)."""
-        key = (tuple(feed_names), tuple(fetch_names))
-        run = self._callables.get(key)
-        if run is None:
-            from tensorflow.core.protobuf import config_pb2
-
-            options = config_pb2.CallableOptions(feed=list(feed_names), fetch=list(fetch_names))
-            with self._lock:
-                run = self._callables.setdefault(
-                    key, self._model.session._make_callable_from_options(options)
-                )
+    def run_callable(self, signature: str, feed_names: Sequence[str],
+                     output_keys: Sequence[str], values: Sequence[Any]) -> list[np.ndarray]:
+        """Run `V1Model.callable` (tensors fed by name: the tf.Example scorer's feeds)."""
+        run = self._model.callable(signature, tuple(feed_names), tuple(output_keys))
         return [np.asarray(v) for v in run(*values)]
 
     def take_load_report(self) -> int | None:
@@ -85,21 +76,6 @@ class ModelServer:
                 self._unreported = False
                 return self._load_ms
         return None
-
-
-class _RemoteSession:
-    """Looks like the one method of a Session the tf.Example scorer calls."""
-
-    def __init__(self, client: SharedModelClient):
-        self._client = client
-
-    def _make_callable_from_options(self, options):
-        feeds, fetches = list(options.feed), list(options.fetch)
-
-        def run(*values):
-            return self._client.server().run_tensors(feeds, fetches, list(values))
-
-        return run
 
 
 class SharedModelClient:
@@ -119,8 +95,8 @@ class SharedModelClient:
         self.threads = info["threads"]
         self.server_pid: int = info["pid"]
         self._required = info["required_inputs"]
+        self.prepared = info["prepared"]  # what plans and tf.Example feeds read
         self.reported_loads = 0
-        self.session = _RemoteSession(self)
 
     def server(self):
         with self._cycle_lock:
@@ -140,6 +116,16 @@ class SharedModelClient:
 
     def required_inputs(self, signature: str | None = None) -> list[str]:
         return list(self._required[self.signature(signature).key])
+
+    def callable(self, signature: str, feed_names: tuple[str, ...],
+                 output_keys: tuple[str, ...]):
+        """As `V1Model.callable`, run on a shared copy."""
+        feeds, keys = list(feed_names), list(output_keys)
+
+        def run(*values):
+            return self.server().run_callable(signature, feeds, keys, list(values))
+
+        return run
 
     def predict(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None,
                 signature: str | None = None) -> dict[str, np.ndarray]:

@@ -1,25 +1,30 @@
-"""Beam PTransforms: RunV1Inference (Arrow tables in, scored/failed tables out) and ScoreParquet."""
+"""Beam PTransforms: RunV1Inference (Arrow tables in, scored/failed tables out), and Score
+(an Arrow source in, Parquet files out) with its wrappers ScoreParquet and ScoreTFRecord."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.utils import shared
 
-from beam_v1.io.parquet_read import DRIFTED, ReadParquetRowGroups
 from beam_v1.io.parquet_write import WriteParquetTables
 from beam_v1.model.options import LoadOptions
 from beam_v1.runs import display_items
-from beam_v1.scoring import dofn, preflight
-from beam_v1.scoring.dofn import DEFAULT_MAX_BATCH_BYTES, FAILED, SCORED, ScoringConfig
-
-DEFAULT_BATCH_SIZE = 65536
-EXAMPLE_FEEDS = ("auto", "serialize")  # tf.Example signatures fed from feature columns
+from beam_v1.scoring import dofn, preflight, sources
+from beam_v1.scoring.dofn import FAILED, SCORED, ScoringConfig
+from beam_v1.scoring.options import (
+    OutputOptions,
+    ScoringOptions,
+    freeze_list,
+    sort_options,
+)
+from beam_v1.scoring.plan import Checked, build_plan
 
 
 class ArrowTableCoder(beam.coders.Coder):
@@ -56,19 +61,23 @@ class RunV1Inference(beam.PTransform):
     output) and `result.failed` (tables of every input column + `error`). Rows in =
     rows scored + rows failed. The model loads once per worker process, in `setup()`.
 
-    If `schema` (the input's Arrow schema) is given, the plan is checked now, at
-    construction, instead of on the first batch a worker sees. `checked` passes on what
-    `preflight.check_scoring` already found for this model and input, so the model is not
-    checked twice. `example_feed` applies to tf.Example signatures fed from feature columns:
-    "auto" feeds the parse op's outputs directly where that is exact, "serialize" always
-    builds serialized examples. Batches hold at most `batch_size` rows and `max_batch_bytes`
-    Arrow bytes (None: `DEFAULT_MAX_BATCH_BYTES`, 64 MiB); a single larger row runs alone.
+    Args:
+      model: the SavedModel's folder (any filesystem Beam knows).
+      signature, tags: which signature of which meta graph (None: the defaults).
+      load: how the model is loaded (`LoadOptions`).
+      scoring: how batches are cut, fed and written back (`ScoringOptions`: batch size and
+        bytes, outputs, keep columns, column map, tf.Example feed).
+      schema: the input's Arrow schema, if known: the plan is then checked now, at
+        construction, instead of on the first batch a worker sees.
+      checked: what `preflight.check_scoring` already found for this model and input, so
+        the model is not checked twice.
+      **options: the fields of LoadOptions and ScoringOptions as flat keywords
+        (`batch_size=65536`, `intra_op_threads=2`, `model_copies=1`); they override
+        `load` / `scoring`.
 
-    `model_copies=N` (N >= 1) loads N sessions per machine, shared by all its worker
-    processes through a proxy (beam_v1.scoring.model_server), instead of one per process
-    (the default, 0 or None): for models too big to hold once per process. Each session's
-    thread pools are sized to its share of the machine's cores (beam_v1.model.threads);
-    the process count comes from the pipeline's options when they state it.
+    Raises:
+      TypeError: an unknown option, naming the known ones; ValueError: a bad value;
+      BeamV1Error: the model, signature or (with `schema`) the plan does not check.
     """
 
     def __init__(
@@ -76,108 +85,117 @@ class RunV1Inference(beam.PTransform):
         model: str,
         signature: str | None = None,
         tags: Sequence[str] | str | None = None,
-        outputs: Sequence[str] | str | None = None,
-        keep_columns: Sequence[str] | str | None = None,
-        column_map: Mapping[str, str] | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
         *,
+        load: LoadOptions | None = None,
+        scoring: ScoringOptions | None = None,
         schema: pa.Schema | None = None,
-        progress_seconds: float | None = None,
-        output_shapes: Mapping[str, tuple[int, ...]] | None = None,
-        max_batch_bytes: int | None = None,
-        example_feed: str = "auto",
-        checked: preflight.Checked | None = None,
-        model_copies: int | None = None,
-        **load_options: Any,
+        checked: Checked | None = None,
+        **options: Any,
     ):
         super().__init__()
-        if model_copies is not None and model_copies < 0:
-            raise ValueError(f"model_copies must be 0 or more, got {model_copies}")
-        if max_batch_bytes is not None and max_batch_bytes < 1:
-            raise ValueError(f"max_batch_bytes must be positive, got {max_batch_bytes}")
-        if example_feed not in EXAMPLE_FEEDS:
-            raise ValueError(f"example_feed must be one of {EXAMPLE_FEEDS}, got {example_feed!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        options = LoadOptions.of(**load_options)  # unknown options fail now, not on a worker
+        load, scoring, _ = sort_options(options, load=load, scoring=scoring)
         self.config = ScoringConfig(
-            model=str(model),
-            tags=dofn.freeze_list(tags),
-            signature=signature,
-            outputs=dofn.freeze_list(outputs),
-            keep_columns=dofn.freeze_list(keep_columns),
-            column_map=dofn.freeze_mapping(column_map),
-            batch_size=batch_size,
-            load_options=dofn.freeze_mapping(options.as_kwargs()),
-            output_shapes=dofn.freeze_mapping(output_shapes),
-            max_batch_bytes=max_batch_bytes or DEFAULT_MAX_BATCH_BYTES,
-            example_feed=example_feed,
-            model_copies=model_copies or 0,
-            share_tag=uuid.uuid4().hex if model_copies else "",
+            model=str(model), tags=freeze_list(tags), signature=signature,
+            load=load, scoring=scoring,
+            share_tag=uuid.uuid4().hex if scoring.model_copies else "",
         )
-        self._progress_seconds = progress_seconds
         self._shared = shared.Shared()
         if checked is not None:
-            self.config = _replace(self.config, signature=checked.signature.key)
+            self.config = dataclasses.replace(self.config, signature=checked.signature.key)
             return
-        prepared = preflight.check_model(self.config.model, self.config.tags, signature, options)
+        prepared = preflight.check_model(self.config.model, self.config.tags, signature, load)
         sig = prepared.signature()
-        self.config = _replace(self.config, signature=sig.key)
+        self.config = dataclasses.replace(self.config, signature=sig.key)
         if schema is not None:
-            from beam_v1.scoring import columns
-
-            shapes = dict(output_shapes or {})
-            for key in columns.unknown_rank_outputs(sig, self.config.outputs):
-                shapes.setdefault(key, (-1,))  # workers learn the rank from their first batch
-            from beam_v1.model import examples
-
-            spec = examples.example_input_without_column(  # tf.Example fed from feature columns
-                prepared.meta_graph, sig.key, schema, column_map
-            )
-            columns.make_plan(
-                sig,
-                examples.plan_schema(schema, spec.input_key) if spec else schema,
-                required_inputs=list(sig.inputs),
-                column_map=column_map,
-                outputs=self.config.outputs,
-                keep_columns=self.config.keep_columns,
-                output_shapes=shapes,
-            )
+            build_plan(prepared, sig, schema, scoring)  # raises what a worker would
 
     def expand(self, tables):
         from beam_v1.model import threads
 
-        config = _replace(  # the launcher's options know how many processes share a machine
+        config = dataclasses.replace(  # the launcher's options know the processes per machine
             self.config,
             processes_per_machine=threads.processes_from_options(tables.pipeline.options),
         )
         return tables | "Score" >> beam.ParDo(
-            dofn.RunV1InferenceDoFn(config, self._shared, self._progress_seconds)
+            dofn.RunV1InferenceDoFn(config, self._shared)
         ).with_output_types(pa.Table).with_outputs(FAILED, main=SCORED)
 
     def display_data(self) -> dict[str, Any]:
-        c = self.config
+        c, o = self.config, self.config.scoring
         return display_items(
-            model=c.model, signature=c.signature, tags=c.tags, outputs=c.outputs,
-            keep_columns=c.keep_columns, column_map=dict(c.column_map),
-            batch_size=c.batch_size, max_batch_bytes=c.max_batch_bytes,
-            example_feed=c.example_feed,
+            model=c.model, signature=c.signature, tags=c.tags, outputs=o.outputs,
+            keep_columns=o.keep_columns, column_map=o.column_map, batch_size=o.batch_size,
+            max_batch_bytes=o.max_batch_bytes, example_feed=o.example_feed,
         )
 
 
-def _replace(config: ScoringConfig, **changes) -> ScoringConfig:
-    import dataclasses
+class Score(beam.PTransform):
+    """Read an Arrow source -> RunV1Inference -> write Parquet and a dead-letter Parquet.
 
-    return dataclasses.replace(config, **changes)
+    Output files are `PREFIX-SSSSS-of-NNNNN.parquet`; failed rows (and the source's drifted
+    rows) go to `DEAD_LETTER_PREFIX-SSSSS-of-NNNNN.parquet` (default `PREFIX-failed`). All
+    checks that need no worker (model, tags, signature, outputs, the source's schema) run at
+    construction (`preflight.check_source`), so a bad argument fails before the pipeline
+    starts; the step names say the source ("ReadParquet", "ReadTFRecord").
+
+    Args:
+      source: a `sources.ParquetSource` or `sources.TFRecordSource` (any `ArrowSource`).
+      model: the SavedModel's folder (any filesystem Beam knows).
+      output: the output prefix, or an `OutputOptions`.
+      signature, tags: which signature of which meta graph (None: the defaults).
+      **options: the fields of LoadOptions, ScoringOptions and OutputOptions as flat
+        keywords, or typed as `load=` and `scoring=`.
+
+    Attributes (after construction): `checked` (what the checks found), `output`,
+    `output_prefix`, `dead_letter_prefix`, `model`, `input_pattern`.
+    """
+
+    def __init__(
+        self,
+        source: sources.ArrowSource,
+        model: str,
+        output: str | OutputOptions,
+        *,
+        signature: str | None = None,
+        tags: Sequence[str] | str | None = None,
+        **options: Any,
+    ):
+        super().__init__()
+        self.source = source
+        self.model = str(model)
+        self.input_pattern = source.pattern
+        self.load, scoring, self.output = sort_options(options, output=output)
+        self.output_prefix = self.output.prefix
+        self.dead_letter_prefix = self.output.dead_letter_prefix
+        self.tags = freeze_list(tags)
+        self.checked = preflight.check_source(
+            self.model, source, tags=self.tags, signature=signature, scoring=scoring,
+            load=self.load,
+        )
+        self.scoring = self.checked.scoring
+
+    def display_data(self) -> dict[str, Any]:
+        o = self.scoring
+        return display_items(
+            model=self.model, source=self.source.label, input=self.input_pattern,
+            **self.source.display(), output_prefix=self.output_prefix,
+            dead_letter_prefix=self.dead_letter_prefix, signature=self.checked.signature.key,
+            batch_size=o.batch_size, max_batch_bytes=o.max_batch_bytes,
+            num_shards=self.output.num_shards or None, codec=self.output.codec,
+        )
+
+    def expand(self, pbegin):
+        checked = self.checked
+        read = pbegin | f"Read{self.source.label}" >> self.source.read(checked, self.scoring)
+        scored = read["tables"] | "Infer" >> RunV1Inference(
+            self.model, checked.signature.key, self.tags, load=self.load,
+            scoring=self.scoring, checked=checked,
+        )
+        return write_outputs(scored, checked, self.output, drifted=read.get("drifted"))
 
 
-class ScoreParquet(beam.PTransform):
-    """Read Parquet -> RunV1Inference -> write Parquet and a dead-letter Parquet.
-
-    Output files are `PREFIX-SSSSS-of-NNNNN.parquet`; failed rows go to
-    `DEAD_LETTER_PREFIX-SSSSS-of-NNNNN.parquet` (default `PREFIX-failed`). All checks
-    that need no worker (model, tags, signature, outputs, the first file's schema) run
-    when the transform is applied, so a bad argument fails before the pipeline starts.
+class ScoreParquet(Score):
+    """`Score` over Parquet files matching `input_pattern` (`sources.ParquetSource`).
 
     The first file's schema is the run's: a later file's columns are cast to it where that
     is safe, and the rows of a file that cannot be (a column that cannot feed its input, a
@@ -185,107 +203,52 @@ class ScoreParquet(beam.PTransform):
     `strict_schema=True` every file's footer is checked now instead, and such a file
     fails the transform before the pipeline starts.
 
-    `model_copies`: as for RunV1Inference.
+    `output_prefix` is a prefix or an `OutputOptions`; `**options` are the fields of
+    LoadOptions, ScoringOptions and OutputOptions as flat keywords (`dead_letter_prefix`,
+    `num_shards`, `codec`, `batch_size`, ...), or typed as `load=` and `scoring=`.
     """
 
     def __init__(
         self,
         model: str,
         input_pattern: str,
-        output_prefix: str,
-        dead_letter_prefix: str | None = None,
+        output_prefix: str | OutputOptions,
         *,
-        signature: str | None = None,
-        tags: Sequence[str] | str | None = None,
-        outputs: Sequence[str] | str | None = None,
-        keep_columns: Sequence[str] | str | None = None,
-        column_map: Mapping[str, str] | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        max_batch_bytes: int | None = None,
-        num_shards: int = 0,
-        codec: str = "snappy",
-        progress_seconds: float | None = None,
-        example_feed: str = "auto",
         strict_schema: bool = False,
-        model_copies: int | None = None,
-        **load_options: Any,
+        **options: Any,
     ):
-        super().__init__()
-        self.model = str(model)
-        self.model_copies = model_copies
-        self.input_pattern = input_pattern
-        self.output_prefix = output_prefix
-        self.dead_letter_prefix = dead_letter_prefix or f"{output_prefix}-failed"
-        self.options = dict(
-            signature=signature,
-            tags=dofn.freeze_list(tags),
-            outputs=dofn.freeze_list(outputs),
-            keep_columns=dofn.freeze_list(keep_columns),
-            column_map=dict(column_map or {}),
-        )
-        self.batch_size = batch_size
-        self.max_batch_bytes = max_batch_bytes
-        self.example_feed = example_feed
-        self.num_shards = num_shards
-        self.codec = codec
-        self.progress_seconds = progress_seconds
-        self.load_options = load_options
-        self.checked = preflight.check_scoring(
-            self.model, input_pattern, load_options=load_options, **self.options
-        )
-        if strict_schema:
-            preflight.check_every_file(self.checked.input_files, self.checked.file_schemas)
-
-    def expand(self, pbegin):
-        checked = self.checked
-        read = pbegin | "Read" >> ReadParquetRowGroups(
-            self.input_pattern, schemas=checked.file_schemas
-        )
-        scored = (
-            read.tables
-            | "Infer"
-            >> RunV1Inference(
-                self.model,
-                batch_size=self.batch_size,
-                max_batch_bytes=self.max_batch_bytes,
-                progress_seconds=self.progress_seconds,
-                output_shapes=checked.output_shapes,
-                example_feed=self.example_feed,
-                checked=checked,
-                model_copies=self.model_copies,
-                **self.options,
-                **self.load_options,
-            )
-        )
-        return write_outputs(
-            scored,
-            checked,
-            output_prefix=self.output_prefix,
-            dead_letter_prefix=self.dead_letter_prefix,
-            codec=self.codec,
-            num_shards=self.num_shards,
-            drifted=read[DRIFTED],
-        )
-
-    def display_data(self) -> dict[str, Any]:
-        return display_items(
-            model=self.model, input=self.input_pattern, output_prefix=self.output_prefix,
-            dead_letter_prefix=self.dead_letter_prefix, signature=self.checked.signature.key,
-            batch_size=self.batch_size, max_batch_bytes=self.max_batch_bytes,
-            num_shards=self.num_shards or None, codec=self.codec,
-        )
+        source = sources.ParquetSource(input_pattern, strict_schema=strict_schema)
+        super().__init__(source, model, output_prefix, **options)
 
 
-def write_outputs(
-    scored,
-    checked: preflight.Checked,
-    *,
-    output_prefix: str,
-    dead_letter_prefix: str,
-    codec: str,
-    num_shards: int,
-    drifted=None,
-) -> dict:
+class ScoreTFRecord(Score):
+    """`Score` over TFRecord files of serialized tf.Example (`sources.TFRecordSource`).
+
+    The serialized examples feed the signature's string input as they are (the graph parses
+    them); with `decode_features=True` the examples' features are also written, decoded, as
+    kept columns (one list column per feature of the signature's spec). `compression`: 'auto'
+    (default: each file's first bytes tell uncompressed, GZIP or ZLIB, whatever its name), or
+    'none' | 'gzip' | 'zlib' (TensorFlow's '', 'GZIP', 'ZLIB') as `tf.data.TFRecordDataset`'s
+    `compression_type`; see `beam_v1.io.tfrecord.read_records`. Other keywords as `Score`.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        input_pattern: str,
+        output_prefix: str | OutputOptions,
+        *,
+        decode_features: bool = False,
+        compression: str | None = "auto",
+        **options: Any,
+    ):
+        source = sources.TFRecordSource(
+            input_pattern, compression=compression, decode_features=decode_features
+        )
+        super().__init__(source, model, output_prefix, **options)
+
+
+def write_outputs(scored, checked: Checked, output: OutputOptions, drifted=None) -> dict:
     """RunV1Inference's outputs -> scored and dead-letter Parquet files, with the schemas
     the checks before the run found. `drifted`: more dead-letter tables (rows of input files
     whose schema drifted), written with the failed rows."""
@@ -293,14 +256,14 @@ def write_outputs(
     # every table must match the one schema each sink writes (the first file's); ScoreParquet's
     # reader has cast each file's tables to it already (schema_drift), other inputs may not
     written = scored[SCORED] | "WriteScored" >> WriteParquetTables(
-        output_prefix, output_schema, codec=codec, num_shards=num_shards,
+        output.prefix, output_schema, codec=output.codec, num_shards=output.num_shards,
         conform=functools.partial(conform, schema=output_schema, what="scored"),
     )
     failed_tables = scored[FAILED]
     if drifted is not None:
         failed_tables = (failed_tables, drifted) | "AllFailed" >> beam.Flatten()
     failed = failed_tables | "WriteFailed" >> WriteParquetTables(
-        dead_letter_prefix, failed_schema, codec=codec,
+        output.dead_letter_prefix, failed_schema, codec=output.codec,
         conform=functools.partial(conform, schema=failed_schema, what="dead-letter"),
     )
     return {"scored": written, "failed": failed}
