@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from beam_v1 import dtypes
+
 PARSE_OPS = ("ParseExample", "ParseExampleV2")
 _PASS_THROUGH = ("Identity", "IdentityN", "Snapshot", "Reshape", "ExpandDims", "Squeeze")
 
@@ -49,12 +51,6 @@ class ExampleSpec:
 
 
 # ------------------------------------------------------------------ reading the graph
-
-
-def _dtype_name(enum: int) -> str:
-    from tensorflow.python.framework import dtypes
-
-    return dtypes.as_dtype(enum).name
 
 
 def _node_name(tensor: str) -> str:
@@ -124,14 +120,14 @@ def parse_node_features(node, nodes: Mapping[str, Any]) -> list[FeatureSpec]:
     """The features one ParseExample / ParseExampleV2 node reads, in its output order."""
     data = [i for i in node.input if not i.startswith("^")]
     attr = node.attr
-    dense_types = [_dtype_name(t) for t in attr["Tdense"].list.type]
+    dense_types = [dtypes.name_of(t) for t in attr["Tdense"].list.type]
     dense_shapes = [
         tuple(d.size for d in s.dim) if not s.unknown_rank else None
         for s in attr["dense_shapes"].list.shape
     ]
-    sparse_types = [_dtype_name(t) for t in attr["sparse_types"].list.type]
+    sparse_types = [dtypes.name_of(t) for t in attr["sparse_types"].list.type]
     ragged_types = (
-        [_dtype_name(t) for t in attr["ragged_value_types"].list.type]
+        [dtypes.name_of(t) for t in attr["ragged_value_types"].list.type]
         if "ragged_value_types" in attr
         else []
     )

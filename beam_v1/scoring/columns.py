@@ -16,41 +16,24 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
+from beam_v1 import dtypes
 from beam_v1.errors import SchemaError
 from beam_v1.model.metadata import SignatureInfo, TensorSpec
 
 ERROR_COLUMN = "error"
 
-_NUMPY_BY_DTYPE = {
-    "float16": np.float16,
-    "float32": np.float32,
-    "float64": np.float64,
-    "int8": np.int8,
-    "int16": np.int16,
-    "int32": np.int32,
-    "int64": np.int64,
-    "uint8": np.uint8,
-    "uint16": np.uint16,
-    "uint32": np.uint32,
-    "uint64": np.uint64,
-    "bool": np.bool_,
-    "string": np.object_,
-}
-
-
 def tensor_numpy_dtype(spec: TensorSpec) -> np.dtype:
-    try:
-        return np.dtype(_NUMPY_BY_DTYPE[spec.base_dtype])
-    except KeyError:
+    """The numpy dtype a tensor of `spec` is fed and fetched as, for dtypes Parquet can hold."""
+    if dtypes.arrow_type(spec.base_dtype) is None:
         raise SchemaError(
             f"Tensor {spec.key!r} has dtype {spec.dtype}, which beam-v1 cannot map to Parquet."
-        ) from None
+        )
+    return dtypes.numpy_dtype(spec.base_dtype)
 
 
 def _arrow_scalar_type(spec: TensorSpec) -> pa.DataType:
-    if spec.base_dtype == "string":
-        return pa.binary()
-    return pa.from_numpy_dtype(tensor_numpy_dtype(spec))
+    tensor_numpy_dtype(spec)  # refuses what Parquet cannot hold, naming the tensor
+    return dtypes.arrow_type(spec.base_dtype)
 
 
 # ------------------------------------------------------------------------- plan
