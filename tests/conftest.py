@@ -21,3 +21,15 @@ def built_models(tmp_path_factory) -> dict[str, str]:
 
     root = tmp_path_factory.mktemp("models")
     return {name: build(str(root / name)) for name, build in builders.BUILDERS.items()}
+
+
+@pytest.fixture(scope="module")
+def failing_models(tmp_path_factory):
+    """Two small SavedModels whose session fails on some rows (see scoring_helpers)."""
+    from scoring_helpers import build_checked_sqrt, build_parse_number
+
+    root = tmp_path_factory.mktemp("failing_models")
+    return {
+        "checked_sqrt": build_checked_sqrt(str(root / "checked_sqrt")),
+        "parse_number": build_parse_number(str(root / "parse_number")),
+    }

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
+from scoring_helpers import write_mlp_parquet
 from test_examples import build_estimator_style
-from test_pipeline import write_mlp_parquet
 
 pytestmark = pytest.mark.slow
 

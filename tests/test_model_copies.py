@@ -15,7 +15,7 @@ import uuid
 import numpy as np
 import pyarrow as pa
 import pytest
-from test_pipeline import MULTI_PROCESSING, read_outputs, write_mlp_parquet
+from scoring_helpers import MULTI_PROCESSING, read_outputs, write_mlp_parquet
 from test_sparse import good_table, with_bad_rows
 
 import beam_v1

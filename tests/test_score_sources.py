@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 from apache_beam.testing.util import assert_that
-from test_pipeline import mlp_tables
+from scoring_helpers import mlp_tables
 from test_tfrecord_compression import build_parse_model, session_run, write_tf
 
 import beam_v1

@@ -414,7 +414,7 @@ def test_fixed_batch_sparse_input_runs_in_padded_chunks(tmp_path):
 def test_direct_runner_pipeline_from_sliced_chunked_and_other_list_columns(sparse_path,
                                                                             sparse_model,
                                                                             tmp_path):
-    from test_pipeline import run_inference
+    from scoring_helpers import run_inference
 
     table, planted = with_bad_rows(good_table(90, seed=1))
     large = table.slice(60).cast(pa.schema([

@@ -14,7 +14,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_pipeline import MULTI_PROCESSING, mlp_tables
+from scoring_helpers import MULTI_PROCESSING, mlp_tables
 
 import beam_v1
 from beam_v1.model import threads
