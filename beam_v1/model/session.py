@@ -153,15 +153,9 @@ class V1Model:
     # ------------------------------------------------------------------ public
 
     def signature(self, key: str | None = None) -> SignatureInfo:
-        """The signature `key` (default: the model's default signature)."""
-        key = self.default_signature if key is None else key
-        try:
-            return self.signatures[key]
-        except KeyError:
-            raise SignatureNotFoundError(
-                f"Signature {key!r} is not in the model. Its signatures are: "
-                f"{', '.join(repr(k) for k in self.signatures) or 'none'}."
-            ) from None
+        """The signature `key` (default: the model's default signature); raises
+        SignatureNotFoundError naming the model's signatures."""
+        return self.prepared.signature(self.default_signature if key is None else key)
 
     def required_inputs(self, signature: str | None = None) -> list[str]:
         """Input keys that must be fed: all but placeholders with a default, one key per tensor."""

@@ -103,16 +103,8 @@ class SharedModelClient:
             return self._proxies[next(self._next)]
 
     def signature(self, key: str | None = None):
-        from beam_v1.errors import SignatureNotFoundError
-
-        key = self.default_signature if key is None else key
-        try:
-            return self.signatures[key]
-        except KeyError:
-            raise SignatureNotFoundError(
-                f"Signature {key!r} is not in the model. Its signatures are: "
-                f"{', '.join(repr(k) for k in self.signatures) or 'none'}."
-            ) from None
+        """As `V1Model.signature`: read from the served model's PreparedModel."""
+        return self.prepared.signature(self.default_signature if key is None else key)
 
     def required_inputs(self, signature: str | None = None) -> list[str]:
         return list(self._required[self.signature(signature).key])
