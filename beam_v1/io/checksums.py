@@ -3,12 +3,12 @@ entries), and the CRC-32 of zip members."""
 
 from __future__ import annotations
 
+import google_crc32c
 import numpy as np
 
 
 def crc32c(data, crc: int = 0) -> int:
     """CRC-32C of `data` (bytes, or a C-contiguous array: read in place), continuing `crc`."""
-    import google_crc32c
 
     if isinstance(data, np.ndarray):
         data = data.reshape(-1).view(np.uint8)
@@ -28,7 +28,7 @@ def crc32(data, crc: int = 0) -> int:
     """CRC-32 (zip, gzip) of a bytes-like `data`, continuing `crc`: ISA-L's (measured 0.12 s
     per GiB here) when installed, else zlib's (0.43-0.76 s)."""
     try:
-        from isal.isal_zlib import crc32 as fast
+        from isal.isal_zlib import crc32 as fast  # optional: the [fast] extra
     except ImportError:  # no wheel for this platform
         import zlib
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
@@ -24,7 +25,6 @@ def open_input(path: str, arrow: bool = False):
     if is_remote(path):
         return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
     if arrow:
-        import pyarrow as pa
 
         return pa.OSFile(local_path(path), "rb")
     return open(local_path(path), "rb")
@@ -38,7 +38,6 @@ def create_output(path: str, arrow: bool = False):
     path = local_path(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if arrow:
-        import pyarrow as pa
 
         return pa.OSFile(path, "wb")
     return open(path, "wb")

@@ -136,7 +136,7 @@ def decode_examples(
     value list has one item becomes a scalar column, else a list column; absent or empty-kind
     features are null. `features` ({key: 'float32'|'int64'|'string'}) fixes keys and types;
     by default every key seen, typed by its list kind."""
-    from tensorflow.core.example import example_pb2
+    from tensorflow.core.example import example_pb2  # deferred: TensorFlow start-up
 
     rows = []
     kinds: dict[str, str] = {}

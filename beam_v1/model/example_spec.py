@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from beam_v1 import dtypes
+from beam_v1.errors import SchemaError
+from beam_v1.model import metadata as savedmodel
 
 PARSE_OPS = ("ParseExample", "ParseExampleV2")
 _PASS_THROUGH = ("Identity", "IdentityN", "Snapshot", "Reshape", "ExpandDims", "Squeeze")
@@ -59,7 +61,7 @@ def _node_name(tensor: str) -> str:
 
 def _const_value(nodes: Mapping[str, Any], tensor: str, depth: int = 0) -> np.ndarray | None:
     """The value of a constant tensor (Const, through Identity/Reshape of constants), else None."""
-    from tensorflow.python.framework import tensor_util
+    from tensorflow.python.framework import tensor_util  # deferred: TensorFlow start-up
 
     node = nodes.get(_node_name(tensor))
     if node is None or depth > 8:
@@ -189,7 +191,6 @@ def example_spec(graph_def, input_key: str, tensor_name: str, consumers=None) ->
 
 def describe_meta_graph(meta_graph) -> dict[str, dict[str, dict[str, Any]]]:
     """{signature: {input key: ExampleSpec as a dict}} for every serialized-example input."""
-    from beam_v1.model import metadata as savedmodel
 
     out: dict[str, dict[str, dict[str, Any]]] = {}
     consumers = _consumers(meta_graph.graph_def)
@@ -205,7 +206,6 @@ def describe_meta_graph(meta_graph) -> dict[str, dict[str, dict[str, Any]]]:
 
 def specs_of_signature(meta_graph, signature: str) -> dict[str, ExampleSpec]:
     """{input key: ExampleSpec} of one signature."""
-    from beam_v1.model import metadata as savedmodel
 
     sig = savedmodel.signatures(meta_graph)[signature]
     consumers = _consumers(meta_graph.graph_def)
@@ -285,8 +285,6 @@ def example_input_without_column(meta_graph, signature: str, schema,
     """The ExampleSpec of `signature` when its only input is serialized examples and no
     column feeds it (none of its name, no --map): the features then come from the columns.
     A required feature with no column is a SchemaError (every row would fail)."""
-    from beam_v1.errors import SchemaError
-    from beam_v1.model import metadata as savedmodel
 
     sig = savedmodel.signatures(meta_graph)[signature]
     specs = specs_of_signature(meta_graph, signature)

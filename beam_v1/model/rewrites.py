@@ -36,7 +36,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, types_pb2
+from tensorflow.core.framework import (
+    attr_value_pb2,
+    graph_pb2,
+    node_def_pb2,
+    tensor_pb2,
+    tensor_shape_pb2,
+    types_pb2,
+)
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from beam_v1.model import kernels
@@ -65,7 +72,6 @@ def _node(name: str, op: str, inputs: list[str], device: str, **attrs) -> node_d
 
 
 def _int32_const(name: str, values: list[int], device: str) -> node_def_pb2.NodeDef:
-    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 
     tensor = tensor_pb2.TensorProto(
         dtype=types_pb2.DT_INT32,

@@ -84,6 +84,7 @@ def processes_from_options(options: Any) -> int | None:
     `options` is a `PipelineOptions` (or None)."""
     if options is None:
         return None
+    # deferred: Beam start-up
     from apache_beam.options.pipeline_options import DirectOptions, PortableOptions
 
     direct = options.view_as(DirectOptions)
@@ -101,7 +102,7 @@ def processes_from_options(options: Any) -> int | None:
 def dask_processes_on_host() -> int | None:
     """On a dask.distributed worker: its host's worker processes, per the scheduler; else None."""
     try:
-        from distributed import get_worker
+        from distributed import get_worker  # optional: the [dask] extra
     except ImportError:
         return None
     try:
@@ -109,7 +110,7 @@ def dask_processes_on_host() -> int | None:
     except ValueError:  # not running inside a dask worker
         return None
     try:
-        from distributed import get_client
+        from distributed import get_client  # optional: the [dask] extra
 
         workers = get_client().scheduler_info(n_workers=-1)["workers"]
     except Exception as e:  # noqa: BLE001 - the budget is advice; a failed query is not fatal

@@ -20,6 +20,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_v1.io import staging
+from beam_v1.model import threads
 from beam_v1.model.options import LoadOptions
 from beam_v1.scoring import latency
 from beam_v1.scoring.options import DEFAULT_MAX_BATCH_BYTES, ScoringOptions
@@ -78,7 +79,7 @@ class _SharedModel:
 
 
 def load_shared_model(config: ScoringConfig):
-    from beam_v1.model.session import load
+    from beam_v1.model.session import load  # deferred to the worker: TensorFlow start-up
 
     started = time.perf_counter()
     local = config.model  # load stages a remote model; setup..teardown holds the machine's copy
@@ -90,8 +91,6 @@ def load_shared_model(config: ScoringConfig):
 
 def budgeted_load_options(config: ScoringConfig):
     """The config's load options with the thread budget of this worker applied."""
-    from beam_v1.model import threads
-
     options = config.load.as_kwargs()
     budget = threads.budget_for_worker(
         config.processes_per_machine,
@@ -106,7 +105,7 @@ def budgeted_load_options(config: ScoringConfig):
 
 def _serve_model(config: ScoringConfig):
     """The constructor of a shared copy (runs in the process that serves it)."""
-    from beam_v1.scoring.model_server import ModelServer
+    from beam_v1.scoring.model_server import ModelServer  # deferred: only with model_copies
 
     holder = load_shared_model(config)
     return ModelServer(holder.model, holder.load_ms, holder.threads)
@@ -115,7 +114,7 @@ def _serve_model(config: ScoringConfig):
 def _acquire_model(config: ScoringConfig, handle: shared.Shared):
     if not config.scoring.model_copies:
         return handle.acquire(lambda: load_shared_model(config), tag=config.cache_key())
-    from beam_v1.scoring import model_server
+    from beam_v1.scoring import model_server  # deferred: only with model_copies
 
     # one client per process too: its proxies' connections are per thread already
     return handle.acquire(
@@ -249,6 +248,7 @@ class RunV1InferenceDoFn(beam.DoFn):
         schema = batch.schema
         scorer = self._scorers.get(schema)
         if scorer is None:
+            # deferred to the worker: TensorFlow start-up
             from beam_v1.scoring import columns, preflight
             from beam_v1.scoring.plan import build_plan
             from beam_v1.scoring.scorer import BatchScorer, choose_feed

@@ -16,7 +16,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from beam_v1.errors import BeamV1Error
 from beam_v1.io import varint
 from beam_v1.model.example_spec import (
     ExampleSpec,
@@ -41,7 +44,6 @@ class _Column:
 
 
 def _arrow(column):
-    import pyarrow as pa
 
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
@@ -51,7 +53,6 @@ def _arrow(column):
 
 
 def _leaf_kind(t) -> str:
-    import pyarrow as pa
 
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or (
         pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
@@ -76,8 +77,6 @@ def _fits(feature_dtype: str, leaf: str) -> bool:
 
 def _column_values(column, feature: FeatureSpec, n: int, errors: list[str | None]) -> _Column:
     """Flatten one column for `feature`; rows it cannot feed get an error (first one wins)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
     arr = _arrow(column)
     is_list = pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or (
@@ -295,7 +294,6 @@ class ExampleScorer:
 
     def __init__(self, model, signature: str | None = None, input_key: str | None = None,
                  mode: str = "auto", outputs: Iterable[str] | None = None):
-        from beam_v1.errors import BeamV1Error
 
         self.model = model
         self.sig = model.signature(signature)

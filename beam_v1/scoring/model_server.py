@@ -20,11 +20,13 @@ the temp directory. Each transform instance gets its own tag, so runs never shar
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import itertools
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -140,8 +142,6 @@ def copy_tags(share_tag: str, copies: int) -> list[str]:
 def _load_and_clean_up_at_exit(load, tag: str):
     """Runs in the serving process: load, and remove the tag's address and lock files (which
     MultiProcessShared leaves in the temp dir) when this process exits."""
-    import atexit
-    import tempfile
 
     server = load()
     base = os.path.join(tempfile.gettempdir(), tag)
@@ -159,6 +159,7 @@ def acquire(share_tag: str, copies: int, load) -> SharedModelClient:
     """Connect to (or become the server of) each of `copies` shared copies.
 
     `load()` returns a `ModelServer`; it runs in the first process that asks for a copy."""
+    # deferred: only with model_copies
     from apache_beam.utils.multi_process_shared import MultiProcessShared
 
     started = time.perf_counter()

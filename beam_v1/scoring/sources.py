@@ -23,6 +23,7 @@ from typing import Protocol
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from beam_v1.errors import BeamV1Error, SchemaError
@@ -241,7 +242,6 @@ class _ReadTFRecord(beam.PTransform):
         self._max_batch_bytes = scoring.max_batch_bytes
 
     def expand(self, pbegin):
-        from apache_beam.io import fileio
 
         compression, features = self._compression, self._features
         # one file per element; `read_records` verifies both checksums of every record and

@@ -13,7 +13,9 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.utils import shared
 
+from beam_v1.errors import SchemaError
 from beam_v1.io.parquet_write import WriteParquetTables
+from beam_v1.model import threads
 from beam_v1.model.options import LoadOptions
 from beam_v1.runs import display_items
 from beam_v1.scoring import dofn, preflight, sources
@@ -25,6 +27,7 @@ from beam_v1.scoring.options import (
     sort_options,
 )
 from beam_v1.scoring.plan import Checked, build_plan
+from beam_v1.text import first_line
 
 
 class ArrowTableCoder(beam.coders.Coder):
@@ -110,7 +113,6 @@ class RunV1Inference(beam.PTransform):
             build_plan(prepared, sig, schema, scoring)  # raises what a worker would
 
     def expand(self, tables):
-        from beam_v1.model import threads
 
         config = dataclasses.replace(  # the launcher's options know the processes per machine
             self.config,
@@ -273,8 +275,6 @@ def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
     """`table` with the columns of `schema`, in its order and types (safe casts only)."""
     if table.schema.equals(schema):
         return table
-    from beam_v1.errors import SchemaError
-    from beam_v1.text import first_line
 
     if sorted(table.column_names) != sorted(schema.names):
         raise SchemaError(

@@ -12,7 +12,9 @@ is all or nothing. No Beam here (`beam_v1.variables.dump` holds the DoFns).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import io
 import json
 import os
 import uuid
@@ -20,6 +22,8 @@ import zipfile
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from beam_v1 import dtypes
 from beam_v1.errors import ModelFileError
@@ -80,7 +84,7 @@ class PartInfo:
 
 def _rename(src: str, dst: str) -> None:
     if is_remote(src) or is_remote(dst):
-        from apache_beam.io.filesystems import FileSystems
+        from apache_beam.io.filesystems import FileSystems  # deferred: Beam, only for remote paths
 
         FileSystems.rename([src], [dst])
     else:
@@ -92,6 +96,7 @@ def delete_files(paths: Iterable[str]) -> None:
     for path in paths:
         try:
             if is_remote(path):
+                # deferred: Beam, only for remote paths
                 from apache_beam.io.filesystems import FileSystems
 
                 if FileSystems.exists(path):
@@ -104,7 +109,6 @@ def delete_files(paths: Iterable[str]) -> None:
 
 def write_jsonl(path: str, rows: Sequence[dict]) -> None:
     """One JSON object per line, written to a temporary file then renamed into place."""
-    import json
 
     temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with create_output(temp) as f:
@@ -229,7 +233,6 @@ _threads: dict = {}
 def _thread(name: str):
     """This process's single-thread executor for `name` (`copy`, `crc`), made on first use."""
     if name not in _threads:
-        import concurrent.futures
 
         _threads[name] = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix=f"beam_v1-{name}"
@@ -441,7 +444,6 @@ def part_writer(folder: str, model: str, fmt: str) -> PartWriter:
 
 
 def parquet_schema():
-    import pyarrow as pa
 
     return pa.schema(
         [
@@ -465,7 +467,6 @@ def parquet_schema():
 def parquet_writer(sink):
     """No compression (weights barely compress), no dictionary nor statistics for the weights'
     bytes (pyarrow's defaults hash them and copy them into min/max statistics)."""
-    import pyarrow.parquet as pq
 
     schema = parquet_schema()
     small = [f.name for f in schema if f.name not in ("data", "values")]
@@ -507,7 +508,6 @@ def parquet_row(model: str, meta: RecordMeta, data) -> dict:
 
 def _concat_parquet(out, parts: Sequence[PartInfo]) -> None:
     """Copy every row group of every part, one row group in memory at a time."""
-    import pyarrow.parquet as pq
 
     with parquet_writer(out) as writer:
         for part in parts:
@@ -523,7 +523,6 @@ def _concat_parquet(out, parts: Sequence[PartInfo]) -> None:
 
 def npy_header(meta: RecordMeta) -> bytes:
     """The .npy header of the whole variable (little-endian, C order)."""
-    import io
 
     buf = io.BytesIO()
     dtype = dtypes.numpy_dtype(meta.dtype).newbyteorder("<")

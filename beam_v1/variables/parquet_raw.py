@@ -20,6 +20,7 @@ import struct
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import pyarrow as pa
 
 from beam_v1.io import varint
 
@@ -116,7 +117,6 @@ class _Leaf:
 
 
 def _leaf(field) -> _Leaf:
-    import pyarrow as pa
 
     t = field.type
     is_list = pa.types.is_list(t) or pa.types.is_large_list(t)
