@@ -103,7 +103,9 @@ def _leaf_type(t: pa.DataType) -> tuple[pa.DataType, int]:
     return t, depth
 
 
-def _leaf_numpy_dtype(t: pa.DataType) -> np.dtype | None:
+def leaf_numpy_dtype(t: pa.DataType) -> np.dtype | None:
+    """The numpy dtype values of Arrow type `t` convert to (strings and binary: object), or
+    None for a type that feeds no tensor (dates, structs, ...)."""
     if (
         pa.types.is_string(t)
         or pa.types.is_large_string(t)
@@ -118,7 +120,7 @@ def _leaf_numpy_dtype(t: pa.DataType) -> np.dtype | None:
 
 
 def _can_feed(leaf: pa.DataType, target: np.dtype) -> bool:
-    source = _leaf_numpy_dtype(leaf)
+    source = leaf_numpy_dtype(leaf)
     if source is None:
         return False
     if target.kind == "O" or source.kind == "O":
@@ -463,7 +465,7 @@ def _row_shapes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     if null_rows is not None:
         lengths = np.where(null_rows, 0, lengths)
     values = arr.flatten()  # values of non-null rows, slice offsets applied
-    if values.null_count == 0 and not _is_list_type(values.type):
+    if values.null_count == 0 and not is_list_type(values.type):
         # fast path: a list of non-null scalars has no bad child and no deeper shape, so
         # the per-value passes below (cumsum over every value) would only find zeros
         if null_rows is not None:
@@ -494,7 +496,8 @@ def _row_shapes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return np.column_stack([lengths, inner]), codes
 
 
-def _is_list_type(t: pa.DataType) -> bool:
+def is_list_type(t: pa.DataType) -> bool:
+    """Whether `t` is a list, large list or fixed-size list."""
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
@@ -623,7 +626,7 @@ def _note(reasons, bad, codes, inp: InputPlan, wrong, dims, expected) -> None:
 
 def _sparse_parts(arr: pa.Array) -> tuple[np.ndarray, pa.Array]:
     """(values per row, the values of every row in order) of a list or scalar column."""
-    if _is_list_type(arr.type):
+    if is_list_type(arr.type):
         lengths = _list_lengths(arr)
         if arr.null_count:  # a null list is a row with no value
             lengths = np.where(np.asarray(arr.is_null()), 0, lengths)

@@ -31,7 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beam_v1.scoring.columns import ERROR_COLUMN, FeedPlan
+from beam_v1.scoring.columns import ERROR_COLUMN, FeedPlan, is_list_type, leaf_numpy_dtype
+from beam_v1.text import first_line
 
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
 
@@ -100,7 +101,7 @@ class FileSchemas:
                 except _CAST_ERRORS as e:
                     raise pa.ArrowInvalid(
                         f"column {field.name!r} ({column.type}) holds a value that "
-                        f"{field.type} cannot: {_first_line(e)}"
+                        f"{field.type} cannot: {first_line(e)}"
                     ) from e
             arrays.append(column)
         return pa.Table.from_arrays(arrays, schema=self.schema)
@@ -136,16 +137,18 @@ def same_kind(source: pa.DataType, target: pa.DataType) -> bool:
     if source == target or pa.types.is_null(source):
         return True
     source, target = _undictionary(source), _undictionary(target)
-    if _is_list(source) or _is_list(target):
-        return _is_list(source) and _is_list(target) and same_kind(
+    if is_list_type(source) or is_list_type(target):
+        return is_list_type(source) and is_list_type(target) and same_kind(
             source.value_type, target.value_type
         )
-    for group in (_is_text, pa.types.is_timestamp, pa.types.is_date):
+    for group in (pa.types.is_timestamp, pa.types.is_date):
         if group(source) or group(target):
             return group(source) and group(target)
-    src, dst = _numeric(source), _numeric(target)
+    src, dst = leaf_numpy_dtype(source), leaf_numpy_dtype(target)
     if src is None or dst is None:
         return source == target
+    if src.kind == "O" or dst.kind == "O":  # strings and binary, among themselves
+        return src.kind == dst.kind
     return bool(np.can_cast(src, dst, "same_kind"))
 
 
@@ -180,40 +183,16 @@ def text(column: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 def _count_inf(column) -> int:
     leaf = column
-    while _is_list(leaf.type):
+    while is_list_type(leaf.type):
         leaf = pc.list_flatten(leaf)
     return int(pc.sum(pc.is_inf(leaf)).as_py() or 0)
 
 
 def _leaf(t: pa.DataType) -> pa.DataType:
-    while _is_list(t):
+    while is_list_type(t):
         t = t.value_type
     return _undictionary(t)
 
 
 def _undictionary(t: pa.DataType) -> pa.DataType:
     return t.value_type if pa.types.is_dictionary(t) else t
-
-
-def _is_list(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
-
-
-def _is_text(t: pa.DataType) -> bool:
-    return (
-        pa.types.is_string(t)
-        or pa.types.is_large_string(t)
-        or pa.types.is_binary(t)
-        or pa.types.is_large_binary(t)
-        or pa.types.is_fixed_size_binary(t)
-    )
-
-
-def _numeric(t: pa.DataType) -> np.dtype | None:
-    if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t):
-        return pa.array([], type=t).to_numpy(zero_copy_only=False).dtype
-    return None
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
