@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import tensorflow as tf
+from scoring_helpers import tf_reference
 
 import beam_v1
 from beam_v1.errors import BeamV1Error, SchemaError
@@ -57,20 +58,6 @@ def bad(feeds):
 def model_signature(path, key="serving_default"):
     meta_graph = savedmodel.select_meta_graph(savedmodel.read_saved_model(path), None)
     return savedmodel.signatures(meta_graph)[key]
-
-
-def tf_reference(path, feeds, signature="serving_default"):
-    """Run `signature` with TensorFlow's own TF1 loader, in a fresh graph and session."""
-    graph = tf.Graph()
-    with v1.Session(graph=graph) as sess:
-        meta_graph = v1.saved_model.loader.load(sess, ["serve"], path)
-        sig_def = meta_graph.signature_def[signature]
-        keys = sorted(sig_def.outputs)
-        values = sess.run(
-            [sig_def.outputs[k].name for k in keys],
-            feed_dict={sig_def.inputs[k].name: v for k, v in feeds.items()},
-        )
-    return dict(zip(keys, values))
 
 
 def fsl(values, k, mask=None):
