@@ -25,8 +25,8 @@ def masked_crc32c(data) -> int:
 
 
 def crc32(data, crc: int = 0) -> int:
-    """CRC-32 (zip, gzip) of a bytes-like `data`, continuing `crc`: ISA-L's (measured 0.12 s
-    per GiB here) when installed, else zlib's (0.43-0.76 s)."""
+    """CRC-32 (zip, gzip) of a bytes-like `data`, continuing `crc`: ISA-L's when installed
+    (the [fast] extra; faster, see benchmarks/RESULTS.md), else zlib's; the values are equal."""
     try:
         from isal.isal_zlib import crc32 as fast  # optional: the [fast] extra
     except ImportError:  # no wheel for this platform

@@ -2,7 +2,7 @@
 local files.
 
 Beam's `ReadFromParquetBatched` reads every file through a Python file object from
-`FileSystems.open`; for local files pyarrow's own reader is about 1.3x faster
+`FileSystems.open`; for local files pyarrow's own reader is faster
 (benchmarks/RESULTS.md). Here a local path is opened by pyarrow directly and any other
 scheme (gs://, s3://, a registered plugin) through Beam's `FileSystems`, so credentials
 and options stay Beam's. Work is split by row group: each (file, row group) is one

@@ -404,8 +404,8 @@ class MappedRange:
 def _map_rows(path: str, offset: int, spec: VariableSpec, shape: tuple[int, ...]) -> np.ndarray:
     """The bytes [offset, offset + size) of a data shard as a read-only array over a memory map
     of the file: no copy, and the pages are the page cache's own, so writing them out costs one
-    copy instead of two (read + write), or none in user space (`mapped_range`): measured 2-3x
-    less CPU than `readinto` a buffer here. The mapping goes when the last view of the array
+    copy instead of two (read + write), or none in user space (`mapped_range`; see
+    benchmarks/RESULTS.md, DumpVariables). The mapping goes when the last view of the array
     does. A file shorter than needed is an error before mapping (touching a page past the end
     would be a SIGBUS)."""
     nbytes = math.prod(shape) * spec.numpy_dtype.itemsize

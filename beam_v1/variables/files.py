@@ -139,7 +139,7 @@ def _fileno(file) -> int | None:
 def write_bytes(file, value, background: BackgroundCopies | None = None) -> None:
     """Write `value`'s bytes at `file`'s position. A range mapped from a checkpoint shard
     (`checkpoint.mapped_range`) going to a local file is copied by the kernel
-    (`os.copy_file_range`: measured 2.3x faster than writing it from the map here), on
+    (`os.copy_file_range`, cheaper than writing it from the map: benchmarks/RESULTS.md), on
     `background`'s thread if given (the file's position moves past the range at once);
     anything else is written from memory."""
     source = checkpoint.mapped_range(value) if isinstance(value, np.ndarray) else None
