@@ -432,6 +432,26 @@ def test_required_numeric_features_score_on_both_feeds(tmp_path):
         np.testing.assert_array_equal(np.asarray(scored.column("y").to_pylist()), want)
         assert failed.column("row_id").to_pylist() == [2]
         assert "'a' is required" in failed.column("error")[0].as_py()
+        # SPEC section 4: feature columns are fed, so only the others are kept by default;
+        # the dead letter keeps every column of the row
+        assert scored.column_names == ["row_id", "y"], feed
+        assert failed.column_names == ["a", "x", "row_id", "error"], feed
+
+
+def test_feature_columns_are_kept_when_asked(tmp_path):
+    from beam_v1.scoring.job import score
+
+    model = build_parse_model(
+        str(tmp_path / "m"), {"a": v1.io.FixedLenFeature([], tf.int64)},
+        lambda f: {"y": tf.cast(f["a"], tf.float32) * 2.0})
+    pq.write_table(pa.table({"a": [1, 2, 3], "id": ["p", "q", "r"]}), tmp_path / "in.parquet")
+    score(model, str(tmp_path / "in.parquet"), str(tmp_path / "out"),
+          keep_columns=["a", "id"], progress=False)
+    (path,) = tmp_path.glob("out-0*.parquet")
+    scored = pq.read_table(path).sort_by("id")
+    assert scored.column_names == ["a", "id", "y"]
+    assert scored.column("a").to_pylist() == [1, 2, 3]
+    assert scored.column("y").to_pylist() == [2.0, 4.0, 6.0]
 
 
 @pytest.mark.parametrize("v1_op", [False, True], ids=["ParseExampleV2", "ParseExample"])

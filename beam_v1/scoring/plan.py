@@ -7,7 +7,7 @@ per schema it sees, the TFRecord source) builds it here, in the same steps:
 2. a signature whose only input is serialized tf.Examples, with no column of serialized
    examples, is fed from feature columns: the plan sees one binary column standing for the
    examples (`example_spec_for_columns` says which spec; `beam_v1.scoring.example_feeds`
-   builds the examples);
+   builds the examples), and the feature columns count as fed: by default they are not kept;
 3. `columns.make_plan` checks the schema against the signature.
 `Checked` is what the checks before a run found (`preflight.check_source`): the plan and the
 schemas every worker and writer use.
@@ -67,13 +67,16 @@ def build_plan(
     for key in columns.unknown_rank_outputs(signature, scoring.outputs):
         shapes.setdefault(key, (-1,))
     spec = example_spec_for_columns(prepared, signature, schema, scoring)
+    keep = scoring.keep_columns
+    if spec is not None and keep is None:  # feature columns are fed, so not kept by default
+        keep = tuple(name for name in schema.names if name not in spec.features)
     return columns.make_plan(
         signature,
         schema.append(pa.field(spec.input_key, pa.binary())) if spec else schema,
         required_inputs=list(signature.inputs) if required_inputs is None else required_inputs,
         column_map=scoring.column_map,
         outputs=scoring.outputs,
-        keep_columns=scoring.keep_columns,
+        keep_columns=keep,
         output_shapes=shapes,
     )
 
