@@ -116,7 +116,18 @@ def _fixed(arr: pa.Array, target: pa.DataType) -> pa.Array:
         return pa.FixedSizeListArray.from_arrays(
             values.slice(int(offsets[0]), n * k), type=target
         )
+    mask = pa.array(~valid)
+    held = values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+    numeric = pa.types.is_integer(held.type) or pa.types.is_floating(held.type)
+    if numeric and held.null_count == 0 and not lengths[~valid].any():
+        # the valid rows' values are contiguous: scatter them into n rows of k (null rows 0)
+        flat = held.to_numpy()
+        dense = np.zeros((n, k), dtype=flat.dtype)
+        dense[valid] = flat.reshape(-1, k)
+        return pa.FixedSizeListArray.from_arrays(
+            pa.array(dense.ravel(), held.type), type=target, mask=mask
+        )
     starts = np.where(valid, offsets[:-1], 0)  # a null row takes the first value k times
     take = (starts[:, None] + np.arange(k, dtype=np.int64)).ravel()
     child = values.take(pa.array(take, mask=np.repeat(~valid, k)))  # ... masked to null
-    return pa.FixedSizeListArray.from_arrays(child, type=target, mask=pa.array(~valid))
+    return pa.FixedSizeListArray.from_arrays(child, type=target, mask=mask)
