@@ -241,9 +241,12 @@ def test_fixed_size_list_null_rows_are_read_in_slices(tmp_path):
     check()
 
 
-def test_fixed_size_list_reader_keeps_the_fast_path_for_files_without_null_rows(tmp_path):
+@pytest.mark.parametrize("where", ["local", "beam_filesystem"])
+def test_fixed_size_list_reader_keeps_the_fast_path_for_files_without_null_rows(tmp_path,
+                                                                              where):
     """A fixed_size_list file without null rows is read by pyarrow's own reader alone: no
-    second handle is opened (the list rebuild only serves files that need it)."""
+    second handle is opened (the list rebuild only serves files that need it). Both handles
+    open remote paths through Beam's FileSystems."""
     from beam_v1.io.parquet_read import SliceReader
 
     rows = [[float(i), float(i) + 0.5] for i in range(50)]
@@ -252,8 +255,11 @@ def test_fixed_size_list_reader_keeps_the_fast_path_for_files_without_null_rows(
     with_null = [None if i == 33 else r for i, r in enumerate(rows)]
     _write_fixed_lists(str(tmp_path / "b.parquet"), "pyarrow", list(range(50)), with_null, 2,
                        "float32", 20)
+    MappedFileSystem.ROOT = str(tmp_path)
+    MappedFileSystem.opened.clear()
+    folder = "beamv1test://" if where == "beam_filesystem" else str(tmp_path) + "/"
     for name, fell_back in [("a", False), ("b", True)]:
-        reader = SliceReader(str(tmp_path / f"{name}.parquet"))
+        reader = SliceReader(f"{folder}{name}.parquet")
         try:
             got = pa.concat_tables(t for i in range(3) for t in reader.slices(i, 8))
             assert (reader._lists is not None) == fell_back  # noqa: SLF001 - the test's point
@@ -262,6 +268,9 @@ def test_fixed_size_list_reader_keeps_the_fast_path_for_files_without_null_rows(
         assert got["x"].to_pylist() == [
             None if name == "b" and i == 33 else r for i, r in enumerate(rows)
         ]
+    if where == "beam_filesystem":
+        assert MappedFileSystem.opened == ["beamv1test://a.parquet"] + [
+            "beamv1test://b.parquet"] * 2
 
 
 def _duckdb_null_array_file(path, rows, k):
