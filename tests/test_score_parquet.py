@@ -309,3 +309,116 @@ def test_score_parquet_reads_input_from_a_beam_filesystem(built_models, tmp_path
     assert any(p.startswith("beamv1test://in/") for p in MappedFileSystem.opened)
     _, scored = read_outputs(prefix)
     check_parquet_scores(built_models["mlp"], scored, written)
+
+
+SCORE_EXAMPLES = int(os.environ.get("BEAM_V1_FUZZ_EXAMPLES", "4"))
+
+
+def _fixed_list_file(path, writer, ids, x, nulls, row_group_size):
+    """`id` and `x` (float32[4] per row, null where `nulls`) written by pyarrow, Polars or
+    DuckDB as a fixed-size list column (DuckDB: a FLOAT[4] ARRAY)."""
+    rows = [None if null else list(map(float, r)) for r, null in zip(x, nulls)]
+    if writer == "pyarrow":
+        column = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 4,
+                                                   mask=pa.array(nulls, pa.bool_()))
+        pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "x": column}), path,
+                       row_group_size=row_group_size)
+    elif writer == "polars":
+        import polars as pl
+
+        pl.DataFrame({"id": pl.Series(ids, dtype=pl.Int64),
+                      "x": pl.Series(rows, dtype=pl.Array(pl.Float32, 4))}
+                     ).write_parquet(path, row_group_size=row_group_size)
+    else:
+        import duckdb
+
+        frame = pa.table({"id": pa.array(ids, pa.int64()),  # noqa: F841 - DuckDB reads it
+                          "x": pa.array(rows, pa.list_(pa.float32()))})
+        duckdb.sql(f"COPY (SELECT id, x::FLOAT[4] AS x FROM frame) TO '{path}' "
+                   f"(FORMAT PARQUET, ROW_GROUP_SIZE {row_group_size})")
+
+
+def test_score_fixed_size_list_null_rows(built_models, tmp_path):
+    """fixed_size_list<4> inputs with random null rows, written by pyarrow, Polars and DuckDB,
+    feed a [-1,4] input: rows in = scored + dead letter; each null row is in the dead letter
+    with its reason, each other row of pyarrow's and Polars' files is scored, and every
+    scored row equals TensorFlow's own session run on the value an independent reader
+    (DuckDB; Polars for DuckDB's files) finds. pyarrow cannot decode DuckDB's NULL ARRAYs
+    (duckdb/duckdb#24731): from the first slice holding one, that file's rows are dead,
+    with a reason naming the file."""
+    import duckdb
+    import polars as pl
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    model = built_models["mlp"]
+    writers = ["pyarrow", "polars", "duckdb"]
+
+    @st.composite
+    def cases(draw):
+        return [
+            (writer, draw(st.lists(st.booleans(), min_size=1, max_size=40)),
+             draw(st.integers(1, 40)))
+            for writer in writers
+        ]
+
+    runs = iter(range(1 << 30))
+
+    @settings(max_examples=SCORE_EXAMPLES, deadline=None)
+    @given(cases(), st.integers(0, 2**31 - 1))
+    def check(files, seed):
+        run = tmp_path / f"run{next(runs)}"
+        os.makedirs(run / "in")
+        rng = np.random.default_rng(seed)
+        start, truth, nulls_of = 0, {}, {}
+        for writer, nulls, group in files:
+            n = len(nulls)
+            ids = list(range(start, start + n))
+            x = rng.standard_normal((n, 4)).astype(np.float32)
+            path = str(run / "in" / f"{writer}.parquet")
+            _fixed_list_file(path, writer, ids, x, nulls, group)
+            if writer == "duckdb":
+                read = pl.read_parquet(path).sort("id")
+                got = list(zip(read["id"].to_list(), read["x"].to_list()))
+            else:
+                got = duckdb.sql(f"SELECT id, x FROM read_parquet('{path}') ORDER BY id"
+                                 ).fetchall()
+            assert [i for i, _ in got] == ids
+            assert [v is None for _, v in got] == nulls
+            truth.update((i, v) for i, v in got)
+            nulls_of.update((i, (writer, null)) for i, null in zip(ids, nulls))
+            start += n
+
+        prefix = str(run / "out" / "s")
+        summary = score(model, str(run / "in" / "*.parquet"), prefix, progress=False,
+                        batch_size=16)
+        _, scored = read_outputs(prefix)
+        dead = pa.concat_tables([pq.read_table(p) for p in summary["dead_letter_files"]])
+        scored_ids, dead_ids = scored["id"].to_pylist(), dead["id"].to_pylist()
+        assert summary["rows_in"] == len(truth) == len(scored_ids) + len(dead_ids)
+        assert sorted(scored_ids + dead_ids) == sorted(truth)
+        assert (summary["rows_scored"], summary["rows_failed"]) == (
+            len(scored_ids), len(dead_ids))
+        duck_path = str(run / "in" / "duckdb.parquet")
+        duck_has_null = any(null for w, null in nulls_of.values() if w == "duckdb")
+        for i, error in zip(dead_ids, dead["error"].to_pylist()):
+            writer, null = nulls_of[i]
+            if writer == "duckdb" and duck_has_null:
+                assert error.startswith(f"input file {duck_path}, row group "), error
+            else:
+                assert null, (i, writer, error)
+                assert error == "column 'x' is null (input 'x' needs a value)"
+        assert all(truth[i] is not None for i in scored_ids)
+        assert {i for i, (w, null) in nulls_of.items() if w != "duckdb" and not null} <= set(
+            scored_ids)
+        if not duck_has_null:
+            assert {i for i, (w, _) in nulls_of.items() if w == "duckdb"} <= set(scored_ids)
+        if not scored_ids:
+            return
+        scored = scored.sort_by("id")
+        x = np.array([truth[i] for i in scored["id"].to_pylist()], np.float32).reshape(-1, 4)
+        want = tf_reference(model, {"x": x})
+        assert_close(as_numpy(scored["scores"]), want["scores"], "scores")
+        assert_close(scored["label"].to_numpy(), want["label"], "label")
+
+    check()

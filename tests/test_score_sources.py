@@ -116,3 +116,26 @@ def test_run_v1_inference_typed_and_flat_forms(built_models):
         "id", "tag")
     with pytest.raises(TypeError, match="batchsize"):
         beam_v1.RunV1Inference(built_models["mlp"], batchsize=9)
+
+
+def test_parquet_source_sample_reads_fixed_size_list_null_rows(tmp_path):
+    """The first rows that teach unknown output ranks are read like the run's rows: a
+    fixed_size_list column with null rows (which pyarrow's reader refuses) is read, nulls
+    kept, with the footer's type; DuckDB reads the same rows from the same file."""
+    import duckdb
+    import pyarrow as pa
+
+    mask = np.zeros(20, bool)
+    mask[[1, 5]] = True
+    x = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(60, dtype=np.float32)), 3,
+                                          mask=pa.array(mask))
+    path = str(tmp_path / "in.parquet")
+    pq.write_table(pa.table({"id": np.arange(20), "x": x}), path, row_group_size=6)
+    with pytest.raises(pa.ArrowInvalid):
+        next(pq.ParquetFile(path).iter_batches(batch_size=8))
+    sample = ParquetSource(path).sample([path])
+    assert sample.schema == pq.read_schema(path)
+    truth = duckdb.sql(f"SELECT id, x FROM read_parquet('{path}') ORDER BY id").fetchall()
+    assert sample.num_rows > 5
+    assert sample["x"].to_pylist() == [None if v is None else list(v)
+                                       for _, v in truth[:sample.num_rows]]

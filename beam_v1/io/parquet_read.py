@@ -17,6 +17,12 @@ Given a `FileJudge` (the scoring side's drift rule, `beam_v1.scoring.schema_drif
 file's footer is judged where its row groups are read: tables of a file whose schema casts
 to the first file's are cast to it; rows of a file that does not go, with the reason, to the
 `DRIFTED` output as dead-letter rows (SPEC §8: schema drift is row data).
+
+A `fixed_size_list` column with null rows, which pyarrow's reader refuses, is read as lists
+and rebuilt (`SliceReader`, `parquet_lists`). Rows that pyarrow cannot decode at all (a file
+whose list levels are invalid, such as DuckDB's NULL fixed-size ARRAYs, duckdb/duckdb#24731)
+go with a `FileJudge` to `DRIFTED` as dead-letter rows naming the file, row group and column,
+keeping the columns that do decode; without one they raise `UnreadableRowGroupError`.
 """
 
 from __future__ import annotations
@@ -33,8 +39,10 @@ import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 
-from beam_v1.io import files
+from beam_v1.errors import BeamV1Error
+from beam_v1.io import files, parquet_lists
 from beam_v1.runs import display_items
+from beam_v1.text import first_line
 
 _log = logging.getLogger(__name__)
 DRIFTED = "drifted"  # tagged output: dead-letter rows of files whose schema drifted
@@ -116,6 +124,129 @@ def stored_bytes(row_group: pq.RowGroupMetaData, columns: list[str] | None = Non
     )
 
 
+class UnreadableRowGroupError(BeamV1Error):
+    """pyarrow cannot decode the rows of a row group from `rows_done` on (bad data in the
+    file, e.g. invalid list levels); the message names the file, the row group and why."""
+
+    def __init__(self, message: str, path: str, index: int, rows_done: int):
+        super().__init__(message)
+        self.path, self.index, self.rows_done = path, index, rows_done
+
+
+class SliceReader:
+    """One open Parquet file whose row groups are read in slices (tables), each with the
+    types of the file's Arrow schema.
+
+    A `fixed_size_list` column holding null rows, which pyarrow's reader refuses
+    (`parquet_lists`), is read through a second handle that sees it as a variable list and
+    rebuilt as the fixed-size list, nulls kept; files without such rows take pyarrow's
+    reader alone (the second handle is opened at the first refusal and kept for the
+    file's later row groups). Close it with `close()`.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.parquet = open_for_slices(path)
+        self._lists: pq.ParquetFile | None = None
+
+    def close(self) -> None:
+        for parquet in (self.parquet, self._lists):
+            if parquet is not None:
+                parquet.close(force=True)
+
+    def slices(self, index: int, rows: int, columns: list[str] | None = None
+               ) -> Iterator[pa.Table]:
+        """Row group `index` in tables of `rows` rows (the last may be shorter), of the
+        `columns` selected (all: None). Raises UnreadableRowGroupError when the rows from
+        some point on cannot be decoded."""
+        done = 0
+        if self._lists is None:
+            try:
+                for batch in self.parquet.iter_batches(
+                    batch_size=rows, row_groups=[index], columns=columns
+                ):
+                    done += batch.num_rows
+                    yield pa.Table.from_batches([batch])
+                return
+            except pa.ArrowInvalid as e:
+                self._open_lists(index, done, e)
+        schema = self.parquet.schema_arrow
+        skip = done
+        try:
+            for batch in self._lists.iter_batches(
+                batch_size=rows, row_groups=[index], columns=columns
+            ):
+                table = pa.Table.from_batches([batch])
+                if skip:  # rows given before pyarrow's reader refused the rest
+                    given = min(skip, table.num_rows)
+                    skip -= given
+                    table = table.slice(given)
+                    if not table.num_rows:
+                        continue
+                yield parquet_lists.restore_fixed(table, schema)
+                done += table.num_rows
+        except pa.ArrowInvalid as e:
+            raise self._unreadable(index, done, e) from e
+
+    def _open_lists(self, index: int, done: int, refused: pa.ArrowInvalid) -> None:
+        if not parquet_lists.has_fixed_lists(self.parquet.schema_arrow):
+            raise self._unreadable(index, done, refused) from refused
+        try:
+            metadata = parquet_lists.lists_metadata(self.parquet)
+        except ValueError as e:
+            raise self._unreadable(index, done, refused, f" (nor as lists: {e})") from refused
+        self._lists = pq.ParquetFile(
+            files.open_input(self.path, arrow=True), metadata=metadata, pre_buffer=False,
+            buffer_size=READ_BUFFER_BYTES,
+        )
+        _log.info("input file %s holds null rows in a fixed_size_list column: read as lists",
+                  self.path)
+
+    def _unreadable(self, index: int, done: int, error: Exception, more: str = ""
+                    ) -> UnreadableRowGroupError:
+        total = self.parquet.metadata.row_group(index).num_rows
+        return UnreadableRowGroupError(
+            f"input file {self.path}, row group {index}: pyarrow cannot decode rows {done} to "
+            f"{total - 1} of its {total}: {first_line(error)}{more}",
+            self.path, index, done,
+        )
+
+    def salvage(self, index: int, rows: int, columns: list[str] | None, skip: int
+                ) -> Iterator[tuple[pa.Table, dict[str, str]]]:
+        """Rows `skip` on of row group `index` in tables of at most `rows` rows, with each
+        selected column that decodes, and {column: why} for those that do not (absent
+        from the tables): what a dead letter can keep of rows that `slices` cannot give."""
+        names = columns if columns is not None else self.parquet.schema_arrow.names
+        total = self.parquet.metadata.row_group(index).num_rows
+        failed: dict[str, str] = {}
+        readers = {name: self._column_slices(index, rows, name, failed) for name in names}
+        for start in range(0, total, rows):
+            arrays = {name: next(it, None) for name, it in readers.items()}
+            readable = {n: a for n, a in arrays.items() if a is not None and n not in failed}
+            size = min(rows, total - start)
+            lo, hi = max(skip - start, 0), size
+            if lo >= hi:
+                continue
+            table = pa.table({n: a.slice(lo, hi - lo) for n, a in readable.items()})
+            if not readable:
+                table = pa.table({"_": pa.nulls(hi - lo)}).drop_columns(["_"])
+            yield table, dict(failed)
+
+    def _column_slices(self, index: int, rows: int, name: str, failed: dict[str, str]):
+        """`name`'s slices of row group `index`; after a failure, recorded in `failed`,
+        it gives nothing more."""
+        parquet = self._lists or self.parquet
+        try:
+            for batch in parquet.iter_batches(batch_size=rows, row_groups=[index],
+                                              columns=[name]):
+                table = pa.Table.from_batches([batch])
+                if self._lists is not None:
+                    table = parquet_lists.restore_fixed(table, self.parquet.schema_arrow)
+                yield table.column(0)
+        except pa.ArrowInvalid as e:
+            failed[name] = first_line(e)
+
+
 class _ReadRowGroupDoFn(beam.DoFn):
     def __init__(
         self,
@@ -131,30 +262,45 @@ class _ReadRowGroupDoFn(beam.DoFn):
         self._rows_failed = Metrics.counter("beam_v1", "rows_failed")
 
     def start_bundle(self) -> None:
-        self._open: collections.OrderedDict[str, pq.ParquetFile] = collections.OrderedDict()
+        self._open: collections.OrderedDict[str, SliceReader] = collections.OrderedDict()
         self._drift: dict[str, str | None] = {}  # path -> why its rows cannot be scored
 
     def process(self, element: tuple[str, int]):
         path, index = element
-        parquet = self._open.pop(path, None) or open_for_slices(path)
-        self._open[path] = parquet
+        reader = self._open.pop(path, None) or SliceReader(path)
+        self._open[path] = reader
         while len(self._open) > _OPEN_FILES:
-            self._open.popitem(last=False)[1].close(force=True)
-        meta = parquet.metadata.row_group(index)
+            self._open.popitem(last=False)[1].close()
+        meta = reader.parquet.metadata.row_group(index)
         self._bytes_read.inc(stored_bytes(meta, self._columns))
-        slices = parquet.iter_batches(
-            batch_size=slice_rows(meta, self._columns, self._slice_bytes),
-            row_groups=[index],
-            columns=self._columns,
-        )
-        for batch in slices:
-            table = pa.Table.from_batches([batch])
-            del batch  # downstream may release the slice while this generator waits
+        rows = slice_rows(meta, self._columns, self._slice_bytes)
+        try:
+            for table in reader.slices(index, rows, self._columns):
+                if self._schemas is None:
+                    yield table
+                else:
+                    yield from self._conformed(path, reader.parquet, index, table)
+                del table  # downstream may release the slice while this generator waits
+        except UnreadableRowGroupError as e:
             if self._schemas is None:
-                yield table
-            else:
-                yield from self._conformed(path, parquet, index, table)
-            del table
+                raise
+            _log.warning("%s; those rows go to the dead letter", e)
+            yield from self._unreadable(reader, index, rows, e)
+
+    def _unreadable(self, reader: SliceReader, index: int, rows: int,
+                    error: UnreadableRowGroupError):
+        """The rows of `error` as dead-letter rows (DRIFTED): the columns that decode keep
+        their values, the others are null and named in the reason."""
+        for table, failed in reader.salvage(index, rows, self._columns, error.rows_done):
+            reason = str(error)
+            if failed:
+                reason += "; column(s) that cannot be decoded, null here: " + ", ".join(
+                    repr(name) if why in reason else f"{name!r} ({why})"
+                    for name, why in failed.items()
+                )
+            self._rows_in.inc(table.num_rows)
+            self._rows_failed.inc(table.num_rows)
+            yield beam.pvalue.TaggedOutput(DRIFTED, self._schemas.dead_letter(table, reason))
 
     def _conformed(self, path: str, parquet: pq.ParquetFile, index: int, table: pa.Table):
         """`table` cast to the run's schema, or its rows as dead-letter rows (DRIFTED)."""
@@ -186,8 +332,8 @@ class _ReadRowGroupDoFn(beam.DoFn):
         return reason
 
     def finish_bundle(self) -> None:
-        for parquet in self._open.values():
-            parquet.close(force=True)
+        for reader in self._open.values():
+            reader.close()
         self._open.clear()
 
 

@@ -28,7 +28,13 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_v1.errors import BeamV1Error, SchemaError
 from beam_v1.io import tfrecord
-from beam_v1.io.parquet_read import DRIFTED, ReadParquetRowGroups, reading_parquet
+from beam_v1.io.parquet_read import (
+    DRIFTED,
+    ReadParquetRowGroups,
+    SliceReader,
+    UnreadableRowGroupError,
+    reading_parquet,
+)
 from beam_v1.model.metadata import SignatureInfo
 from beam_v1.model.prepared import PreparedModel
 from beam_v1.scoring.options import ScoringOptions
@@ -133,12 +139,16 @@ class ParquetSource:
     def input_schema(self, prepared, signature, files, scoring):
         return read_schema(files[0]), scoring
 
-    def sample(self, files: Sequence[str]) -> pa.Table:
-        with reading_parquet(files[0]) as parquet:
-            first = next(parquet.iter_batches(batch_size=PROBE_ROWS), None)
-        if first is None or first.num_rows == 0:
-            return pa.table({})
-        return pa.Table.from_batches([first])
+    def sample(self, files: Sequence[str]) -> pa.Table | None:
+        reader = SliceReader(files[0])
+        try:
+            groups = range(reader.parquet.metadata.num_row_groups)
+            first = next((t for i in groups for t in reader.slices(i, PROBE_ROWS)), None)
+        except UnreadableRowGroupError:
+            return None  # workers learn the ranks from a batch they can read
+        finally:
+            reader.close()
+        return pa.table({}) if first is None else first
 
     def check(self, checked: Checked) -> None:
         if self.strict_schema:
