@@ -35,7 +35,8 @@ def direct_runner_for(options: Any) -> Any | None:
     does it run the FnApiRunner, with the options above. beam-v1 runs and is tested on the
     FnApiRunner (`--direct_running_mode` in_memory, multi_threading, multi_processing), so it
     goes there at once: no download and no start-up cost of the attempt, the same runner on
-    every machine. `--runner PrismRunner` still runs Prism.
+    every machine. `--runner PrismRunner` still runs Prism, and `--streaming` is left to
+    the DirectRunner.
     """
     # deferred: Beam start-up, for the launcher of a pipeline only
     from apache_beam.options.pipeline_options import StandardOptions
@@ -43,11 +44,12 @@ def direct_runner_for(options: Any) -> Any | None:
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-    runner = options.view_as(StandardOptions).runner
-    if runner is not None and not (
+    standard = options.view_as(StandardOptions)
+    runner = standard.runner
+    if standard.streaming or (runner is not None and not (
         isinstance(runner, str) and runner.lower() in DIRECT_RUNNER_NAMES
-    ):
-        return None
+    )):
+        return None  # streaming: the DirectRunner picks a runner that supports it
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     return fn_runner.FnApiRunner(
         provision_info=fn_runner.ExtendedProvisionInfo(

@@ -57,6 +57,11 @@ def test_other_runners_are_left_to_beam(runner):
     assert direct_runner_for(PipelineOptions([f"--runner={runner}"])) is None
 
 
+def test_streaming_is_left_to_the_direct_runner():
+    assert direct_runner_for(PipelineOptions(["--streaming"])) is None
+    assert direct_runner_for(PipelineOptions([])) is not None
+
+
 def test_dump_variables_on_the_direct_runner_never_tries_prism(built_models, tmp_path, caplog):
     import tensorflow as tf
 
