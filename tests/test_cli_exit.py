@@ -104,12 +104,13 @@ def test_a_user_error_keeps_its_status_and_message(built_models, tmp_path):
 
 
 def test_main_with_argv_leaves_the_exit_to_its_caller(built_models, tmp_path):
-    """The library path: main(argv) returns, the caller's own status and teardown stand."""
+    """The library path: main(argv) returns, the caller's own status and teardown stand,
+    with hard_stop too (as pipelines/*.py call it): only a missing argv ends the process."""
     write_mlp_parquet(str(tmp_path / "in"), n_files=1, rows=10)
     code = (
         "import sys\n"
         "from beam_v1.cli.main import main\n"
-        "status = main(sys.argv[1:])\n"
+        "status = main(sys.argv[1:], hard_stop=True)\n"
         "print('returned', status, flush=True)\n"
         "sys.exit(7)\n"
     )

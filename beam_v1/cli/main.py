@@ -58,16 +58,17 @@ def main(
     Ctrl-C, end the runner's worker processes and exit at once, instead of waiting for
     threads the runner leaves behind. `filter_stderr` (default: `hard_stop`): drop
     TensorFlow's and Beam's start-up lines from fd 2 (see startup_lines) unless --verbose.
-    `end_process` (default: `hard_stop`): the caller exits with the returned status, so the
-    process ends with it right after the atexit handlers, skipping the interpreter's
-    teardown (see process_end).
+    `end_process` (default: when `argv` is None): the caller exits with the returned status
+    at once, so the process ends with it right after the atexit handlers, skipping the
+    interpreter's teardown (see process_end). Never set it where the process goes on (a test
+    runner): its own exit status would be replaced by this one.
     """
     if hard_stop is None:
         hard_stop = argv is None
     if filter_stderr is None:
         filter_stderr = hard_stop
     if end_process is None:
-        end_process = hard_stop
+        end_process = argv is None
     ending = process_end.ExitAfterHandlers() if end_process else None
     status = _run_command(argv, hard_stop, filter_stderr)
     return ending.finished(status) if ending else status
