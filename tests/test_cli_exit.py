@@ -3,9 +3,9 @@ flushed, the exit status is the command's, and the interpreter's teardown (slow 
 TensorFlow is loaded) is skipped. Only the command line does this, never `main(argv)`.
 
 Each test runs a real process. A probe module, imported during the run with `--import`
-(the flag that loads op-registering modules), registers an atexit handler as the run's own
-modules do (staging, sessions) and keeps an object whose `__del__` only runs in the
-interpreter's teardown; each writes a marker file.
+(the flag that loads op-registering modules), registers an atexit handler and a
+`weakref.finalize` as the run's own modules do (staging, sessions, temporary folders) and keeps
+an object whose `__del__` only runs in the interpreter's teardown; each writes a marker file.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROBE = textwrap.dedent(
     """
-    import atexit, os
+    import atexit, os, weakref
 
     MARKS = os.environ["EXIT_PROBE_DIR"]
 
@@ -34,6 +34,12 @@ PROBE = textwrap.dedent(
             f.write(name)
 
     atexit.register(mark, "atexit")
+
+    class Held:
+        pass
+
+    held = Held()
+    weakref.finalize(held, mark, "finalize")  # run at exit by weakref's own atexit handler
 
     class Teardown:
         def __del__(self, _mark=mark):  # bound now: module globals are gone by then
@@ -80,7 +86,7 @@ def test_score_runs_atexit_handlers_and_skips_the_teardown(built_models, tmp_pat
     # stdout is a pipe here (block-buffered): the summary must have been flushed
     assert "rows in      80" in proc.stdout and "rows scored  80" in proc.stdout
     assert proc.stdout.rstrip().endswith(f"summary      {tmp_path / 'out' / 's'}-summary.json")
-    assert marks == {"atexit"}, "atexit handlers must run; the interpreter's teardown must not"
+    assert marks == {"atexit", "finalize"}, "atexit handlers must run; the teardown must not"
     with open(tmp_path / "out" / "s-summary.json") as f:
         summary = json.load(f)
     assert summary["rows_in"] == summary["rows_scored"] == 80
@@ -100,7 +106,7 @@ def test_a_user_error_keeps_its_status_and_message(built_models, tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "beam-v1: error:" in proc.stderr and "serving_default" in proc.stderr
     assert proc.stdout == ""
-    assert marks == {"atexit"}
+    assert marks == {"atexit", "finalize"}
 
 
 def test_main_with_argv_leaves_the_exit_to_its_caller(built_models, tmp_path):
@@ -117,4 +123,4 @@ def test_main_with_argv_leaves_the_exit_to_its_caller(built_models, tmp_path):
     proc, marks = _run(tmp_path, _score_args(built_models["mlp"], tmp_path), code=code)
     assert proc.returncode == 7, proc.stderr[-3000:]
     assert "rows scored  10" in proc.stdout and "returned 0" in proc.stdout
-    assert marks == {"atexit", "teardown"}
+    assert marks == {"atexit", "finalize", "teardown"}

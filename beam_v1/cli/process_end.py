@@ -10,7 +10,9 @@ non-daemon threads. Given the command's status (`finished`), it shuts logging do
 and closing every handler, including those registered before it), flushes stdout and stderr,
 and ends the process with `os._exit(status)`; if stdout cannot be flushed (a closed pipe) the
 status is 120, as the interpreter's own exit gives. Without a status (the command raised), the
-interpreter ends as usual, traceback included.
+interpreter ends as usual, traceback included. Handlers registered before the command started
+(while the CLI's modules were imported: logging's, which `logging.shutdown` stands in for, and
+pyarrow's S3 finalizer, which a process ending needs not) do not run.
 
 Only the command line uses it (`beam_v1.cli.main.main` with no argv): the process ends when its
 command returns, so nothing after the command needs the interpreter's teardown. A library
