@@ -17,7 +17,7 @@ In one process, three ways side by side:
 
 Whole processes, interleaved (`--processes`):
 
-    python benchmarks/bench_examples.py --processes [--rows 500000] [--rounds 3]
+    python benchmarks/bench_examples.py --processes [--rows 500000] [--rounds 3] [--floor]
 
 An Estimator-style model (`tf.compat.v1.io.parse_example` of x float32[100], a int64, b float32,
 all required; an MLP 100->256->10 on x plus a and b) and a Parquet file of --rows rows. Each
@@ -25,7 +25,9 @@ round runs, as separate processes, `python -m beam_v1 score` on the default feed
 loop (`--proto-loop`: pyarrow batches -> a `tf.train.Example` per row in Python -> the session
 of a plain tf.compat.v1 loader -> the outputs written to Parquet). Wall seconds per process,
 imports and start-up included, and CPU seconds (user + system of the process and its children);
-outputs checked equal; the ratios are bare loop / beam-v1.
+outputs checked equal; the ratios are bare loop / beam-v1. `--floor` adds a third process per
+round that only imports Beam, TensorFlow and pyarrow and exits as beam-v1 does: what no
+change to beam-v1 can cut.
 
 Models: the Estimator-style fixture of tests/test_examples.py (numeric with/without default,
 bucketized, vocabulary file -> indicator, var-len int ids -> indicator, a [2] numeric) on
@@ -160,7 +162,12 @@ def run_proto_loop(model: str, input_path: str, output: str, batch: int = 65536)
                    output)
 
 
-def run_processes(rows: int, rounds: int, results: str) -> int:
+# the imports every `beam-v1 score` process needs, then the end beam-v1's command line uses
+# (os._exit once done, see beam_v1.cli.process_end): the floor of any such process
+IMPORTS_FLOOR = "import os, apache_beam, tensorflow, pyarrow.parquet; os._exit(0)"
+
+
+def run_processes(rows: int, rounds: int, results: str, floor: bool = False) -> int:
     import resource
     import statistics
     import subprocess
@@ -182,6 +189,8 @@ def run_processes(rows: int, rounds: int, results: str) -> int:
             "proto loop": [sys.executable, str(Path(__file__).resolve()), "--proto-loop",
                            model, data, os.path.join(tmp, "loop.parquet")],
         }
+        if floor:
+            commands["imports floor"] = [sys.executable, "-c", IMPORTS_FLOOR]
         times: dict[str, list[float]] = {k: [] for k in commands}
         cpu: dict[str, list[float]] = {k: [] for k in commands}
         for _ in range(rounds):  # interleaved: A B A B ...
@@ -203,7 +212,8 @@ def run_processes(rows: int, rounds: int, results: str) -> int:
     ratios = [b / a for a, b in zip(times[a_name], times[b_name])]
     cpu_ratios = [b / a for a, b in zip(cpu[a_name], cpu[b_name])]
     lines = [
-        f"`python benchmarks/bench_examples.py --processes --rows {rows} --rounds {rounds}` on "
+        f"`python benchmarks/bench_examples.py --processes --rows {rows} --rounds {rounds}"
+        f"{' --floor' if floor else ''}` on "
         f"{os.cpu_count()} CPU(s), load average {load:.1f} at the start. Model: parse_example "
         f"of {FEATURES_DOC}, MLP 100->256->10.",
         "",
@@ -217,6 +227,16 @@ def run_processes(rows: int, rounds: int, results: str) -> int:
                      f"{cpu_ratios[i]:.2f}x |")
     lines.append(f"| median | | | {statistics.median(ratios):.2f}x | "
                  f"{statistics.median(cpu_ratios):.2f}x |")
+    if floor:
+        above = [a - f for a, f in zip(times[a_name], times["imports floor"])]
+        lines += [
+            "",
+            "Imports floor (`python -c \"" + IMPORTS_FLOOR + "\"`), in the same rounds: "
+            "wall / CPU (s) "
+            + ", ".join(f"{w:.1f} / {c:.1f}" for w, c in zip(times["imports floor"],
+                                                            cpu["imports floor"]))
+            + f"; beam-v1 score above it, median wall {statistics.median(above):.1f} s.",
+        ]
     text = "\n".join(lines) + "\n"
     print(text)
     Path(results).parent.mkdir(parents=True, exist_ok=True)
@@ -229,6 +249,9 @@ def main(argv=None) -> int:
     parser.add_argument("--processes", action="store_true",
                         help="beam-v1 score vs a bare proto loop, whole processes, interleaved")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--floor", action="store_true",
+                        help="with --processes: also time a process that only imports Beam, "
+                        "TensorFlow and pyarrow (the floor of beam-v1's fixed cost)")
     parser.add_argument("--proto-loop", nargs=3, metavar=("MODEL", "INPUT", "OUTPUT"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=None,
@@ -242,7 +265,8 @@ def main(argv=None) -> int:
         return 0
     if args.processes:
         return run_processes(args.rows or 500_000, args.rounds,
-                             args.results.replace("RESULTS-examples", "RESULTS-examples-processes"))
+                             args.results.replace("RESULTS-examples", "RESULTS-examples-processes"),
+                             floor=args.floor)
     args.rows = args.rows or 200_000
 
     import pyarrow as pa

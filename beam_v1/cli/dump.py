@@ -11,7 +11,7 @@ from typing import Any
 
 from beam_v1.cli.flags import EXIT_MODEL_FAILED, add_tags_flag, command_parser
 from beam_v1.errors import BeamV1Error
-from beam_v1.runs import run_to_end
+from beam_v1.runs import direct_runner_for, run_to_end
 
 PROGRESS_SECONDS = 10.0
 
@@ -80,7 +80,8 @@ def run_dump(args: argparse.Namespace, pipeline_args: Sequence[str] = ()) -> int
     models = list(dict.fromkeys(normal_model_path(m) for m in args.models))
     local_dir_for(args.output)
     started = time.perf_counter()
-    pipeline = beam.Pipeline(options=options)
+    # the DirectRunner's FnApiRunner, without its PrismRunner attempt (see direct_runner_for)
+    pipeline = beam.Pipeline(runner=direct_runner_for(options), options=options)
     dumped = (
         pipeline
         | "Models" >> beam.Create(models)

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 
 from beam_v1 import __version__
-from beam_v1.cli import demo, dump, inspect, score, startup_lines
+from beam_v1.cli import demo, dump, inspect, process_end, score, startup_lines
 from beam_v1.cli.flags import (
     EXIT_USER_ERROR,
     close_flags,
@@ -50,6 +50,7 @@ def main(
     *,
     hard_stop: bool | None = None,
     filter_stderr: bool | None = None,
+    end_process: bool | None = None,
 ) -> int:
     """Run the CLI; returns the exit status (2: a usage or user error).
 
@@ -57,11 +58,23 @@ def main(
     Ctrl-C, end the runner's worker processes and exit at once, instead of waiting for
     threads the runner leaves behind. `filter_stderr` (default: `hard_stop`): drop
     TensorFlow's and Beam's start-up lines from fd 2 (see startup_lines) unless --verbose.
+    `end_process` (default: when `argv` is None): the caller exits with the returned status
+    at once, so the process ends with it right after the atexit handlers, skipping the
+    interpreter's teardown (see process_end). Never set it where the process goes on (a test
+    runner): its own exit status would be replaced by this one.
     """
     if hard_stop is None:
         hard_stop = argv is None
     if filter_stderr is None:
         filter_stderr = hard_stop
+    if end_process is None:
+        end_process = argv is None
+    ending = process_end.ExitAfterHandlers() if end_process else None
+    status = _run_command(argv, hard_stop, filter_stderr)
+    return ending.finished(status) if ending else status
+
+
+def _run_command(argv: Sequence[str] | None, hard_stop: bool, filter_stderr: bool) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     _configure_logging(args.verbose)

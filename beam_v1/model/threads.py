@@ -30,6 +30,7 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 from typing import Any
 
 ENV_PROCESSES = "BEAM_V1_PROCESSES_PER_MACHINE"
@@ -100,19 +101,20 @@ def processes_from_options(options: Any) -> int | None:
 
 
 def dask_processes_on_host() -> int | None:
-    """On a dask.distributed worker: its host's worker processes, per the scheduler; else None."""
-    try:
-        from distributed import get_worker  # optional: the [dask] extra
-    except ImportError:
+    """On a dask.distributed worker: its host's worker processes, per the scheduler; else None.
+
+    A dask worker process runs `distributed`, so where it is not imported yet this is no dask
+    worker, and it is not imported to find that out.
+    """
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
         return None
     try:
-        worker = get_worker()
+        worker = distributed.get_worker()
     except ValueError:  # not running inside a dask worker
         return None
     try:
-        from distributed import get_client  # optional: the [dask] extra
-
-        workers = get_client().scheduler_info(n_workers=-1)["workers"]
+        workers = distributed.get_client().scheduler_info(n_workers=-1)["workers"]
     except Exception as e:  # noqa: BLE001 - the budget is advice; a failed query is not fatal
         _log.warning("beam-v1: could not ask the dask scheduler for its workers: %s", e)
         return None

@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_v1.errors import BeamV1Error
 from beam_v1.io.parquet_read import reading_parquet
-from beam_v1.runs import run_to_end
+from beam_v1.runs import direct_runner_for, run_to_end
 from beam_v1.scoring import latency
 from beam_v1.scoring.transforms import ScoreParquet, ScoreTFRecord
 
@@ -83,7 +83,8 @@ def score(
             progress_seconds=PROGRESS_SECONDS if progress else None,
             **kwargs,
         )
-    pipeline = beam.Pipeline(options=options)
+    # the DirectRunner's FnApiRunner, without its PrismRunner attempt (see direct_runner_for)
+    pipeline = beam.Pipeline(runner=direct_runner_for(options), options=options)
     label = "ScoreTFRecord" if input_format == "tfrecord" else "ScoreParquet"
     _ = pipeline | label >> transform
     # checks passed: drop an earlier (complete or killed) run's files so none mix with ours
