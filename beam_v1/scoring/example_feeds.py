@@ -118,9 +118,9 @@ def _column_values(column, feature: FeatureSpec, n: int, errors: list[str | None
             [v if isinstance(v, bytes) else v.encode() for v in leaf.to_pylist()], dtype=object
         )
     elif feature.dtype == "int64":
-        values = leaf.to_numpy(zero_copy_only=False).astype(np.int64)
+        values = leaf.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     else:
-        values = leaf.to_numpy(zero_copy_only=False).astype(np.float32)
+        values = leaf.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     return _Column(values, counts, present)
 
 
@@ -234,20 +234,43 @@ def _dense_default(feature: FeatureSpec) -> np.ndarray:
     return np.asarray(feature.default, dtype=feature.dtype)
 
 
-def direct_feeds(
-    cols: Mapping[str, _Column], graph_def, spec: ExampleSpec, rows: np.ndarray
-) -> dict[str, np.ndarray]:
-    """{parse op output tensor: value} for the rows `rows`, as the parse op would produce them:
-    dense [n, *shape] with the default where absent; sparse indices [nnz, 2] (row, position),
-    values [nnz], dense_shape [n, max count]."""
+def parse_op_features(graph_def, spec: ExampleSpec) -> dict[str, list[FeatureSpec]]:
+    """{parse node of `spec`: its features, in the order of the node's outputs}."""
     nodes = {n.name: n for n in graph_def.node}
+    return {name: parse_node_features(nodes[name], nodes) for name in spec.parse_nodes}
+
+
+def _dense_block(col: _Column, size: int, rows: np.ndarray) -> np.ndarray | None:
+    """The values of `rows` as [len(rows), size] when every row of the batch holds `size`
+    values (a view when `rows` are consecutive), else None."""
+    if size == 0 or len(col.values) != len(col.counts) * size or not np.all(col.counts == size):
+        return None
+    block = col.values.reshape(-1, size)
+    if len(rows) and int(rows[-1]) - int(rows[0]) == len(rows) - 1:  # sorted, unique
+        return block[int(rows[0]):int(rows[-1]) + 1]
+    return block[rows]
+
+
+def direct_feeds(
+    cols: Mapping[str, _Column], features_by_op: Mapping[str, list[FeatureSpec]],
+    rows: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """{parse op output tensor: value} for the rows `rows` (sorted, unique), as the parse ops
+    would produce them: dense [n, *shape] with the default where absent; sparse indices
+    [nnz, 2] (row, position), values [nnz], dense_shape [n, max count]. `features_by_op`:
+    `parse_op_features` of the spec."""
     n = len(rows)
     feeds: dict[str, np.ndarray] = {}
-    for name in spec.parse_nodes:
-        features = parse_node_features(nodes[name], nodes)
+    for name, features in features_by_op.items():
         n_sparse = sum(f.kind == "sparse" for f in features)
         for f in features:
             col = cols[f.key]
+            if f.kind == "dense" and f.dtype != "string" and f.shape is not None:
+                shape = tuple(f.shape)
+                block = _dense_block(col, int(np.prod(shape)) if shape else 1, rows)
+                if block is not None:
+                    feeds[f.output] = block.astype(f.dtype, copy=False).reshape((n, *shape))
+                    continue
             starts = np.concatenate([[0], np.cumsum(col.counts)])
             counts = col.counts[rows]
             # positions of the picked rows' values: row start + position within the row
@@ -258,7 +281,7 @@ def direct_feeds(
                 0, dtype=object if f.dtype == "string" else f.dtype
             )
             if f.dtype != "string":
-                values = values.astype(f.dtype)
+                values = values.astype(f.dtype, copy=False)
             if f.kind == "sparse":
                 k = int(f.output.split(":")[1]) - n_sparse  # output holds the values' index
                 row_ids = np.repeat(np.arange(n, dtype=np.int64), counts)
@@ -318,6 +341,7 @@ class ExampleScorer:
         if mode == "direct" and self.blocker:
             raise BeamV1Error(f"Cannot feed signature {self.sig.key!r} directly: {self.blocker}.")
         self.direct = mode == "direct" or (mode == "auto" and self.blocker is None)
+        self.features_by_op = parse_op_features(self.graph_def, self.spec) if self.direct else {}
         self.output_keys = tuple(outputs) if outputs is not None else tuple(self.sig.outputs)
         self.session_seconds, self.session_runs = 0.0, 0  # of `run` calls, until reset
 
@@ -327,19 +351,19 @@ class ExampleScorer:
 
     def groups(self, table) -> tuple[list[tuple[np.ndarray, Callable]], dict[int, str]]:
         """([(rows that can be fed, feeds_for(start, stop) over those rows)], {bad row: why})."""
-        n = table.num_rows
         if self.direct:
             cols, errors = feature_columns(table, self.spec)
         else:
             serialized, errors = serialize_columns(table, self.spec)
-        good = np.array([i for i in range(n) if errors[i] is None], dtype=np.int64)
-        bad = {i: e for i, e in enumerate(errors) if e is not None}
+        failing = np.not_equal(np.asarray(errors, dtype=object), None)
+        good = np.flatnonzero(~failing)
+        bad = {i: errors[i] for i in np.flatnonzero(failing).tolist()}
         if not len(good):
             return [], bad
 
         def feeds_for(start: int, stop: int) -> dict[str, np.ndarray]:
             if self.direct:
-                return direct_feeds(cols, self.graph_def, self.spec, good[start:stop])
+                return direct_feeds(cols, self.features_by_op, good[start:stop])
             return {self.spec.tensor_name: serialized[good[start:stop]]}
 
         return [(good, feeds_for)], bad
