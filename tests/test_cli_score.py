@@ -141,3 +141,22 @@ def test_score_bounds_batches_by_bytes(built_models, tmp_path):
     scored = scored.sort_by("id")
     want = tf_reference(path, {"x": all_x[scored["id"].to_numpy()]})
     assert_close(as_numpy(scored["scores"]), want["scores"], "scores")
+
+
+def test_relative_paths_without_a_folder(built_models, tmp_path, monkeypatch):
+    """Beam's LocalFileSystem matches nothing for a relative glob with no folder part
+    (`part-*.parquet`): the input was "not found" and the summary listed no files."""
+    written = write_mlp_parquet(str(tmp_path), n_files=2, rows=30)
+    monkeypatch.chdir(tmp_path)
+    for run in range(2):  # the second run replaces the first one's files
+        argv = ["score", "--model", built_models["mlp"], "--input", "part-*.parquet",
+                "--output", "scored", "--outputs", "label", "--num-shards", "2", "--quiet"]
+        assert cli.main(argv) == 0, run
+        with open("scored-summary.json") as f:
+            summary = json.load(f)
+        assert summary["rows_in"] == summary["rows_scored"] == 60
+        shards = sorted(str(tmp_path / n) for n in glob.glob("scored-0*-of-*.parquet"))
+        assert summary["files_written"] == shards and len(shards) == 2
+    scored = pa.concat_tables([pq.read_table(n) for n in shards]).sort_by("id")
+    want = tf_reference(built_models["mlp"], {"x": np.concatenate([w[1] for w in written])})
+    np.testing.assert_array_equal(scored["label"].to_numpy(), want["label"])

@@ -20,6 +20,28 @@ def local_path(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path
 
 
+def absolute(pattern: str) -> str:
+    """`pattern` (a path or glob) made absolute when it is local; remote ones unchanged.
+
+    Beam's LocalFileSystem lists the folder of a pattern's fixed part, which is "" for a
+    relative pattern without a folder (such as `part-*.parquet`), so it matches nothing; and
+    a worker's working folder need not be the launcher's. Match and read local patterns in
+    this form.
+    """
+    if is_remote(pattern):
+        return pattern
+    local = local_path(pattern)
+    if local.endswith(os.sep):  # a folder: Beam matches its files
+        return os.path.join(os.path.abspath(local), "")
+    return os.path.abspath(local)
+
+
+def match(pattern: str) -> list[str]:
+    """The paths matching `pattern` (made `absolute`) on its filesystem, sorted; BeamIOError
+    if it cannot be listed."""
+    return sorted(m.path for m in FileSystems.match([absolute(pattern)])[0].metadata_list)
+
+
 def open_input(path: str, arrow: bool = False):
     """A binary file to read; a local one is a `pyarrow.OSFile` with `arrow=True`."""
     if is_remote(path):

@@ -20,6 +20,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_v1.errors import BeamV1Error
+from beam_v1.io import files
 from beam_v1.io.parquet_read import reading_parquet
 from beam_v1.runs import direct_runner_for, run_to_end
 from beam_v1.scoring import latency
@@ -147,12 +148,12 @@ def summarize(result, transform, seconds: float) -> dict[str, Any]:
             dists[d.key.metric.name] = v
     observed = dists.get("batch_latency_ms")
     bounds = dict(low=observed.min, high=observed.max) if observed else {}
-    files = _matching(f"{transform.output_prefix}-*-of-*.parquet")
+    written = _matching(f"{transform.output_prefix}-*-of-*.parquet")
     failed_files = _matching(f"{transform.dead_letter_prefix}-*-of-*.parquet")
-    files = [f for f in files if f not in failed_files]
+    written = [f for f in written if f not in failed_files]
     load = dists.get("model_load_ms")
     if counted:  # no metrics: the rows are those of the files the run wrote
-        counters.update(rows_scored=_rows(files), rows_failed=_rows(failed_files))
+        counters.update(rows_scored=_rows(written), rows_failed=_rows(failed_files))
         counters["rows_in"] = counters["rows_scored"] + counters["rows_failed"]
     rows, nbytes = dists.get("batch_size"), dists.get("batch_bytes")
     rows_in = counters.get("rows_in", 0)
@@ -163,7 +164,7 @@ def summarize(result, transform, seconds: float) -> dict[str, Any]:
         "rows_in": rows_in,
         "rows_scored": counters.get("rows_scored", 0),
         "rows_failed": counters.get("rows_failed", 0),
-        "files_written": files,
+        "files_written": written,
         "dead_letter_files": failed_files,
         "seconds": round(seconds, 3),
         "rows_per_second": round(rows_in / seconds, 1) if seconds else None,
@@ -195,7 +196,7 @@ def _rounded(value: float | None) -> float | None:
 
 def _matching(pattern: str) -> list[str]:
     try:
-        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+        return files.match(pattern)
     except Exception:  # noqa: BLE001 - no match
         return []
 

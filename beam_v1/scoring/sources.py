@@ -24,10 +24,9 @@ from typing import Protocol
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io import fileio
-from apache_beam.io.filesystems import FileSystems
 
 from beam_v1.errors import BeamV1Error, SchemaError
-from beam_v1.io import tfrecord
+from beam_v1.io import files, tfrecord
 from beam_v1.io.parquet_read import (
     DRIFTED,
     ReadParquetRowGroups,
@@ -76,13 +75,12 @@ class ArrowSource(Protocol):
 def match_files(pattern: str) -> list[str]:
     """The files matching `pattern`, sorted; BeamV1Error naming the pattern when none does."""
     try:
-        matched = FileSystems.match([pattern])[0].metadata_list
+        matched = files.match(pattern)
     except Exception as e:  # BeamIOError for a bad pattern or an unreachable filesystem
         raise BeamV1Error(f"Cannot list input files {pattern!r}: {e}") from e
-    files = sorted(m.path for m in matched)
-    if not files:
+    if not matched:
         raise BeamV1Error(f"No input file matches {pattern!r}.")
-    return files
+    return matched
 
 
 def read_schema(path: str) -> pa.Schema:
@@ -246,7 +244,7 @@ class _ReadTFRecord(beam.PTransform):
     def __init__(self, pattern: str, compression: str, features: dict[str, str],
                  scoring: ScoringOptions):
         super().__init__()
-        self._pattern = pattern
+        self._pattern = files.absolute(pattern)  # as the launcher sees it
         self._compression = compression
         self._features = features
         self._max_batch_bytes = scoring.max_batch_bytes
@@ -258,7 +256,7 @@ class _ReadTFRecord(beam.PTransform):
         # names the file, record and offset of a corrupt one
         tables = (
             pbegin
-            | "Match" >> fileio.MatchFiles(self._pattern)
+            | "Match" >> fileio.MatchFiles(self._pattern, fileio.EmptyMatchTreatment.DISALLOW)
             | "Spread" >> beam.Reshuffle()
             | "Records" >> beam.FlatMap(lambda m: tfrecord.read_records(m.path, compression))
             # batches weighed in record bytes (Beam's BatchElements has one bound: with
