@@ -13,6 +13,8 @@ import uuid
 
 import apache_beam as beam
 import clusters
+import dask
+import dask.bag as db
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -20,12 +22,15 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scoring_helpers import write_mlp_parquet
 from test_examples import build_estimator_style
 
 pytestmark = pytest.mark.slow
 
 COMPAT = "beam_v1.dask_compat.DaskRunner"
+FUZZ_EXAMPLES = int(os.environ.get("BEAM_V1_FUZZ_EXAMPLES", "30"))
 BEAM_DASK = "apache_beam.runners.dask.dask_runner.DaskRunner"
 
 
@@ -171,6 +176,81 @@ def test_beams_dask_runner_still_has_the_fault(dask_address, tmp_path, build):
     expected = build(beam.Pipeline(), str(tmp_path))
     run(lambda p: build(p, str(tmp_path)), BEAM_DASK, dask_address)
     assert set(os.listdir(tmp_path)) == expected
+
+
+_EVENTS: list[str] = []  # per worker process: what the steps of a bundle did, in order
+
+
+class _Log(beam.DoFn):
+    """Logs `<name><element>` to _EVENTS; the first step of the chain starts the log."""
+
+    def __init__(self, name: str, first: bool = False):
+        self.name, self.first = name, first
+
+    def start_bundle(self):
+        if self.first:
+            _EVENTS.clear()
+
+    def process(self, x):
+        _EVENTS.append(f"{self.name}{x}")
+        yield x
+
+
+class _DumpLog(beam.DoFn):
+    """Writes the bundle's _EVENTS and this process's id to `<dir>/<uuid>.json`."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def process(self, x):
+        pass
+
+    def finish_bundle(self):
+        with open(os.path.join(self.directory, f"{uuid.uuid4().hex}.json"), "w") as f:
+            json.dump({"pid": os.getpid(), "events": list(_EVENTS)}, f)
+
+
+def _chain_after_reshuffle(p, d):
+    _ = (p | beam.Create(range(8)) | beam.Reshuffle()
+         | "A" >> beam.ParDo(_Log("a", first=True)) | "B" >> beam.ParDo(_Log("b"))
+         | "Dump" >> beam.ParDo(_DumpLog(d)))
+
+
+def test_compat_runner_fuses_pardos_and_spreads_partitions_over_workers(dask_address,
+                                                                         tmp_path):
+    run(lambda p: _chain_after_reshuffle(p, str(tmp_path)), COMPAT, dask_address)
+    bundles = []
+    for name in os.listdir(tmp_path):
+        with open(tmp_path / name) as f:
+            bundles.append(json.load(f))
+    # each element went through A and then B before A took the next one: the chain ran
+    # as one task, streamed, not as one task per step over a materialized partition
+    for bundle in bundles:
+        events = bundle["events"]
+        assert events == [e for a in events[::2] for e in (a, "b" + a[1:])], events
+    assert sorted(int(e[1:]) for b in bundles for e in b["events"] if e[0] == "a") == list(
+        range(8))
+    # the Reshuffle dealt its one partition into one per worker thread (2 workers x 1
+    # thread), and each ran on its own worker
+    assert sorted(len(b["events"]) for b in bundles) == [8, 8]
+    assert len({b["pid"] for b in bundles}) == 2
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None)
+@given(sizes=st.lists(st.integers(0, 30), min_size=1, max_size=6),
+       partitions=st.integers(1, 8))
+def test_reshuffle_deals_every_element_once_and_evenly(sizes, partitions):
+    from beam_v1.dask_compat import reshuffle
+
+    parts = [[(i, j) for j in range(n)] for i, n in enumerate(sizes)]
+    bag = db.from_delayed([dask.delayed(part) for part in parts])
+    dealt = reshuffle(bag, partitions).to_delayed(optimize_graph=False)
+    got = [list(d.compute(scheduler="sync")) for d in dealt]
+    assert len(got) == partitions
+    assert sorted(x for part in got for x in part) == sorted(x for p in parts for x in p)
+    for i in range(len(parts)):  # each input partition's share differs by one at most
+        shares = [sum(1 for x in g if x[0] == i) for g in got]
+        assert max(shares) - min(shares) <= 1, (sizes, partitions, shares)
 
 
 # ------------------------------------------------------------- beam-v1 on Dask
