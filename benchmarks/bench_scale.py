@@ -13,7 +13,9 @@ For each: rows/s over the run's own time (the summary's seconds) and "steady" ro
 fixed cost (the same variant on a 1,000-row input) taken off; CPU seconds per row (user + sys
 of the process tree, children included; for dask2 plus the worker processes' CPU read from
 /proc before and after), whole and steady (the fixed run's CPU taken off); peak RSS of the
-largest process and of the tree (for dask2 the workers' VmHWM, summed). Then a model with
+largest process and of the tree (for dask2 the workers' VmHWM, summed). The dask workers
+import TensorFlow and beam_v1 before the first run (`warm_dask`, its CPU reported apart),
+as a long-lived cluster has. Then a model with
 one 1 GiB variable scored by multi_processing x2 with and without `--model-copies 1`: peak
 resident memory of the tree.
 
@@ -180,6 +182,22 @@ def _dask_worker_pids(address: str) -> list[int]:
         return sorted(client.run(os.getpid).values())
 
 
+def warm_dask(address: str, pids: list[int]) -> float:
+    """Import TensorFlow and the scoring modules in every worker of a fresh cluster; returns
+    the CPU seconds that took. A long-lived cluster pays this once, not per run; left in,
+    it lands in whichever run first sends a worker a task (not both workers get one in
+    the 1,000-row run), and the steady figures would subtract unlike things."""
+    import importlib
+
+    from dask.distributed import Client
+
+    before = {p: _proc_cpu(p) for p in pids}
+    with Client(address) as client:
+        for module in ("tensorflow", "beam_v1.scoring.dofn", "beam_v1.scoring.scorer"):
+            client.run(importlib.import_module, module)
+    return sum(_proc_cpu(p) - before[p] for p in pids)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=2_000_000)
@@ -214,6 +232,8 @@ def main(argv=None) -> int:
         if "dask2" in variants:
             address = stack.enter_context(clusters.dask_cluster(out, workers=2))
             dask = (address, _dask_worker_pids(address))
+            results["dask_warmup_cpu_s"] = warm_dask(*dask)
+            _say("dask workers warmed:", f"{results['dask_warmup_cpu_s']:.1f} CPU s")
         rounds: dict[str, list[dict]] = {name: [] for name in variants}
         for i in range(args.repeat):  # interleaved: a busy shared machine slows all alike
             for name in variants:
