@@ -214,19 +214,6 @@ def _gather(dealt: list[list[list]], index: int) -> list:
     return [x for hands in dealt for x in hands[index]]
 
 
-def reshuffle(bag, partitions: int):
-    """Every element dealt round-robin into `partitions` partitions: each output partition
-    takes its share of every input partition (dask's `repartition` only splits or joins
-    partitions where they are, so one input partition stayed on one worker)."""
-    import dask
-    import dask.bag as db
-
-    count = max(partitions, 1)
-    parts = bag.to_delayed(optimize_graph=False)
-    dealt = [dask.delayed(_deal)(part, count, i) for i, part in enumerate(parts)]
-    return db.from_delayed([dask.delayed(_gather)(dealt, j) for j in range(count)])
-
-
 @dataclasses.dataclass(frozen=True)
 class _Placement:
     """Worker of a partition's task: partition i -> `slots[i % len(slots)]` (it is pickled
@@ -238,6 +225,29 @@ class _Placement:
         if isinstance(key, tuple) and len(key) > 1 and isinstance(key[1], int) and self.slots:
             return [self.slots[key[1] % len(self.slots)]]
         return None
+
+
+def reshuffle(bag, partitions: int, placement: _Placement | None = None):
+    """Every element dealt round-robin into `partitions` partitions: each output partition
+    takes its share of every input partition (dask's `repartition` only splits or joins
+    partitions where they are, so one input partition stayed on one worker). With
+    `placement`, output partition j is gathered on its worker."""
+    import contextlib
+    import uuid
+
+    import dask
+    import dask.bag as db
+
+    count = max(partitions, 1)
+    parts = bag.to_delayed(optimize_graph=False)
+    dealt = [dask.delayed(_deal)(part, count, i) for i, part in enumerate(parts)]
+    name = f"reshuffle-{uuid.uuid4().hex}"
+    placed = (dask.annotate(workers=placement, allow_other_workers=True) if placement
+              else contextlib.nullcontext())
+    with placed:
+        return db.from_delayed(
+            [dask.delayed(_gather)(dealt, j, dask_key_name=(name, j)) for j in range(count)]
+        )
 
 
 def _is_pardo(node: AppliedPTransform) -> bool:
@@ -365,7 +375,7 @@ class _Translation:
         if isinstance(transform, beam.Impulse):
             bag = db.from_sequence([b""], npartitions=1)
         elif isinstance(transform, overrides._Reshuffle):
-            bag = reshuffle(inputs[0], self.partitions)
+            bag = reshuffle(inputs[0], self.partitions, _Placement(self.workers))
         elif op_class is not None:
             op = op_class(node, bag_kwargs=self.bag_kwargs)
             bag = op.apply(inputs if op_class is transform_evaluator.Flatten

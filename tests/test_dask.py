@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import time
 import uuid
 
 import apache_beam as beam
@@ -36,7 +37,15 @@ BEAM_DASK = "apache_beam.runners.dask.dask_runner.DaskRunner"
 
 @pytest.fixture(scope="module")
 def dask_address(tmp_path_factory):
+    import importlib
+
+    from dask.distributed import Client
+
     with clusters.dask_cluster(str(tmp_path_factory.mktemp("dask-logs")), workers=2) as address:
+        # every worker imports this module (TensorFlow with it) now, as a long-lived cluster
+        # has, not while unpickling the first task it gets in some test
+        with Client(address) as client:
+            client.run(importlib.import_module, __name__)
         yield address
 
 
@@ -178,20 +187,22 @@ def test_beams_dask_runner_still_has_the_fault(dask_address, tmp_path, build):
     assert set(os.listdir(tmp_path)) == expected
 
 
-_EVENTS: list[str] = []  # per worker process: what the steps of a bundle did, in order
+_EVENTS: list = []  # per worker process: when the bundle started, what its steps did
 
 
 class _Log(beam.DoFn):
-    """Logs `<name><element>` to _EVENTS; the first step of the chain starts the log."""
+    """Logs `<name><element>` to _EVENTS, taking `seconds` per element; the first step of
+    the chain starts the log with the time."""
 
-    def __init__(self, name: str, first: bool = False):
-        self.name, self.first = name, first
+    def __init__(self, name: str, first: bool = False, seconds: float = 0.0):
+        self.name, self.first, self.seconds = name, first, seconds
 
     def start_bundle(self):
         if self.first:
-            _EVENTS.clear()
+            _EVENTS[:] = [time.time()]
 
     def process(self, x):
+        time.sleep(self.seconds)
         _EVENTS.append(f"{self.name}{x}")
         yield x
 
@@ -207,12 +218,13 @@ class _DumpLog(beam.DoFn):
 
     def finish_bundle(self):
         with open(os.path.join(self.directory, f"{uuid.uuid4().hex}.json"), "w") as f:
-            json.dump({"pid": os.getpid(), "events": list(_EVENTS)}, f)
+            json.dump({"pid": os.getpid(), "started": _EVENTS[0], "ended": time.time(),
+                       "events": _EVENTS[1:]}, f)
 
 
 def _chain_after_reshuffle(p, d):
     _ = (p | beam.Create(range(8)) | beam.Reshuffle()
-         | "A" >> beam.ParDo(_Log("a", first=True)) | "B" >> beam.ParDo(_Log("b"))
+         | "A" >> beam.ParDo(_Log("a", first=True)) | "B" >> beam.ParDo(_Log("b", seconds=0.25))
          | "Dump" >> beam.ParDo(_DumpLog(d)))
 
 
@@ -234,6 +246,8 @@ def test_compat_runner_fuses_pardos_and_spreads_partitions_over_workers(dask_add
     # thread), and each ran on its own worker
     assert sorted(len(b["events"]) for b in bundles) == [8, 8]
     assert len({b["pid"] for b in bundles}) == 2
+    # at the same time (each takes >= 1 s): neither waited behind the other on one worker
+    assert max(b["started"] for b in bundles) < min(b["ended"] for b in bundles)
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None)
