@@ -26,15 +26,16 @@ round-robin into as many partitions as the cluster has worker threads (or
 `--dask_npartitions`). `PipelineResult.metrics()` is not implemented by Beam's DaskRunner
 (it raises NotImplementedError): callers must count what the run wrote instead.
 
-Stages, as Beam's own runners fuse: a chain of ParDos (and Flattens of one stage's
-outputs) runs as one task per partition, each element streamed through the steps in
-memory, and only what is read outside the stage is collected. A ParDo that reads side
-inputs starts a stage. Partition i of every stage is placed on worker thread i (dask's
-`workers` annotation, other workers allowed), so the partitions a Reshuffle deals out run
-on different workers next to their data. (Beam's translation materialized every step's
-output as a list, one task per step, and dask placed every task where its input was: all
-partitions after a Reshuffle of one partition ran on one worker, and whole partitions
-crossed between workers; benchmarks/DASK-NOTES.md.)
+Stages, as Beam's own runners fuse: a chain of ParDos (and Flattens of one stage's outputs)
+runs as one task per partition, each element streamed through the steps in memory, and only
+what is read outside the stage is collected. Each task unpickles DoFn instances of its own
+(tasks on threads of one worker must not share one), sets them up, runs one bundle and tears
+them down. A ParDo that reads side inputs starts a stage. Partition i of every stage is
+placed on worker thread i (dask's `workers` annotation, other workers allowed), so the
+partitions a Reshuffle deals out run on different workers next to their data. (Beam's
+translation materialized every step's output as a list, one task per step, and dask placed
+every task where its input was: all partitions after a Reshuffle of one partition ran on one
+worker, and whole partitions crossed between workers; benchmarks/DASK-NOTES.md.)
 
 Use it as `--runner beam_v1.dask_compat.DaskRunner` (the `beam-v1` CLI maps `DaskRunner` and
 Beam's class path to it: `beam_v1.cli.main.runner_alias`) with `--dask_client_address tcp://HOST:PORT`.
@@ -48,6 +49,7 @@ import typing as t
 
 import apache_beam as beam
 from apache_beam import pvalue
+from apache_beam.internal import pickler
 from apache_beam.pipeline import AppliedPTransform, PipelineVisitor
 from apache_beam.runners.common import Receiver
 from apache_beam.runners.dask import dask_runner, overrides, transform_evaluator
@@ -61,7 +63,7 @@ class _Step:
     """One ParDo of a stage, as a worker runs it. PCollections are numbered within the stage."""
 
     label: str
-    fn: beam.DoFn
+    fn: bytes  # the DoFn, pickled by Beam: each task unpickles an instance of its own
     args: list
     kwargs: dict
     window_fn: t.Any  # of the main input: what the DoFn's outputs are windowed by
@@ -148,7 +150,7 @@ def _invoker(step: _Step, receivers: dict[int, list], side_values: tuple):
         process_batch_yields_elements=False,
     )
     return DoFnInvoker.create_invoker(
-        DoFnSignature(step.fn), handler,
+        DoFnSignature(pickler.loads(step.fn)), handler,
         context=DoFnContext(step.label, state=None),
         side_inputs=side_inputs or None,
         input_args=list(step.args),
@@ -283,7 +285,8 @@ class _Stage:
             args, kwargs = transform.raw_side_inputs
             main = next(iter(node.main_inputs.values()))
             steps.append(_Step(
-                label=transform.label, fn=transform.fn, args=list(args), kwargs=kwargs,
+                label=transform.label, fn=pickler.dumps(transform.fn), args=list(args),
+                kwargs=kwargs,
                 window_fn=_window_fn(main), main_input=ids[main],
                 outputs={tag: ids[p] for tag, p in node.outputs.items()},
                 side_inputs=[(type(si), si._view_options(), si._window_mapping_fn,

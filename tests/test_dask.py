@@ -250,6 +250,44 @@ def test_compat_runner_fuses_pardos_and_spreads_partitions_over_workers(dask_add
     assert max(b["started"] for b in bundles) < min(b["ended"] for b in bundles)
 
 
+class _Collect(beam.DoFn):
+    """Keeps its bundle's elements; at the bundle's end writes them, with the DoFn
+    instance's id, to `<dir>/<uuid>.json`. One instance shared by two bundles at once
+    would lose or mix elements."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def start_bundle(self):
+        self.seen = []
+
+    def process(self, x):
+        self.seen.append(x)
+        time.sleep(0.02)
+
+    def finish_bundle(self):
+        with open(os.path.join(self.directory, f"{uuid.uuid4().hex}.json"), "w") as f:
+            json.dump({"instance": id(self), "seen": self.seen}, f)
+
+
+def test_compat_runner_gives_each_concurrent_task_its_own_dofn(tmp_path):
+    # one worker with two threads in this process: the two partitions run at the same time,
+    # and nothing is pickled between the client and the worker
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=":0") as cluster:
+        run(lambda p: (p | beam.Create(range(40)) | beam.Reshuffle()
+                       | beam.ParDo(_Collect(str(tmp_path)))), COMPAT, cluster.scheduler_address)
+    bundles = []
+    for name in os.listdir(tmp_path):
+        with open(tmp_path / name) as f:
+            bundles.append(json.load(f))
+    assert len(bundles) == 2
+    assert sorted(x for b in bundles for x in b["seen"]) == list(range(40))
+    assert len({b["instance"] for b in bundles}) == 2
+
+
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None)
 @given(sizes=st.lists(st.integers(0, 30), min_size=1, max_size=6),
        partitions=st.integers(1, 8))
