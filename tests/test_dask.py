@@ -9,10 +9,13 @@ from __future__ import annotations
 import glob
 import json
 import os
+import time
 import uuid
 
 import apache_beam as beam
 import clusters
+import dask
+import dask.bag as db
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -20,18 +23,29 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scoring_helpers import write_mlp_parquet
 from test_examples import build_estimator_style
 
 pytestmark = pytest.mark.slow
 
 COMPAT = "beam_v1.dask_compat.DaskRunner"
+FUZZ_EXAMPLES = int(os.environ.get("BEAM_V1_FUZZ_EXAMPLES", "30"))
 BEAM_DASK = "apache_beam.runners.dask.dask_runner.DaskRunner"
 
 
 @pytest.fixture(scope="module")
 def dask_address(tmp_path_factory):
+    import importlib
+
+    from dask.distributed import Client
+
     with clusters.dask_cluster(str(tmp_path_factory.mktemp("dask-logs")), workers=2) as address:
+        # every worker imports this module (TensorFlow with it) now, as a long-lived cluster
+        # has, not while unpickling the first task it gets in some test
+        with Client(address) as client:
+            client.run(importlib.import_module, __name__)
         yield address
 
 
@@ -171,6 +185,124 @@ def test_beams_dask_runner_still_has_the_fault(dask_address, tmp_path, build):
     expected = build(beam.Pipeline(), str(tmp_path))
     run(lambda p: build(p, str(tmp_path)), BEAM_DASK, dask_address)
     assert set(os.listdir(tmp_path)) == expected
+
+
+_EVENTS: list = []  # per worker process: when the bundle started, what its steps did
+
+
+class _Log(beam.DoFn):
+    """Logs `<name><element>` to _EVENTS, taking `seconds` per element; the first step of
+    the chain starts the log with the time."""
+
+    def __init__(self, name: str, first: bool = False, seconds: float = 0.0):
+        self.name, self.first, self.seconds = name, first, seconds
+
+    def start_bundle(self):
+        if self.first:
+            _EVENTS[:] = [time.time()]
+
+    def process(self, x):
+        time.sleep(self.seconds)
+        _EVENTS.append(f"{self.name}{x}")
+        yield x
+
+
+class _DumpLog(beam.DoFn):
+    """Writes the bundle's _EVENTS and this process's id to `<dir>/<uuid>.json`."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def process(self, x):
+        pass
+
+    def finish_bundle(self):
+        with open(os.path.join(self.directory, f"{uuid.uuid4().hex}.json"), "w") as f:
+            json.dump({"pid": os.getpid(), "started": _EVENTS[0], "ended": time.time(),
+                       "events": _EVENTS[1:]}, f)
+
+
+def _chain_after_reshuffle(p, d):
+    _ = (p | beam.Create(range(8)) | beam.Reshuffle()
+         | "A" >> beam.ParDo(_Log("a", first=True)) | "B" >> beam.ParDo(_Log("b", seconds=0.25))
+         | "Dump" >> beam.ParDo(_DumpLog(d)))
+
+
+def test_compat_runner_fuses_pardos_and_spreads_partitions_over_workers(dask_address,
+                                                                         tmp_path):
+    run(lambda p: _chain_after_reshuffle(p, str(tmp_path)), COMPAT, dask_address)
+    bundles = []
+    for name in os.listdir(tmp_path):
+        with open(tmp_path / name) as f:
+            bundles.append(json.load(f))
+    # each element went through A and then B before A took the next one: the chain ran
+    # as one task, streamed, not as one task per step over a materialized partition
+    for bundle in bundles:
+        events = bundle["events"]
+        assert events == [e for a in events[::2] for e in (a, "b" + a[1:])], events
+    assert sorted(int(e[1:]) for b in bundles for e in b["events"] if e[0] == "a") == list(
+        range(8))
+    # the Reshuffle dealt its one partition into one per worker thread (2 workers x 1
+    # thread), and each ran on its own worker
+    assert sorted(len(b["events"]) for b in bundles) == [8, 8]
+    assert len({b["pid"] for b in bundles}) == 2
+    # at the same time (each takes >= 1 s): neither waited behind the other on one worker
+    assert max(b["started"] for b in bundles) < min(b["ended"] for b in bundles)
+
+
+class _Collect(beam.DoFn):
+    """Keeps its bundle's elements; at the bundle's end writes them, with the DoFn
+    instance's id, to `<dir>/<uuid>.json`. One instance shared by two bundles at once
+    would lose or mix elements."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def start_bundle(self):
+        self.seen = []
+
+    def process(self, x):
+        self.seen.append(x)
+        time.sleep(0.02)
+
+    def finish_bundle(self):
+        with open(os.path.join(self.directory, f"{uuid.uuid4().hex}.json"), "w") as f:
+            json.dump({"instance": id(self), "seen": self.seen}, f)
+
+
+def test_compat_runner_gives_each_concurrent_task_its_own_dofn(tmp_path):
+    # one worker with two threads in this process: the two partitions run at the same time,
+    # and nothing is pickled between the client and the worker
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=":0") as cluster:
+        run(lambda p: (p | beam.Create(range(40)) | beam.Reshuffle()
+                       | beam.ParDo(_Collect(str(tmp_path)))), COMPAT, cluster.scheduler_address)
+    bundles = []
+    for name in os.listdir(tmp_path):
+        with open(tmp_path / name) as f:
+            bundles.append(json.load(f))
+    assert len(bundles) == 2
+    assert sorted(x for b in bundles for x in b["seen"]) == list(range(40))
+    assert len({b["instance"] for b in bundles}) == 2
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None)
+@given(sizes=st.lists(st.integers(0, 30), min_size=1, max_size=6),
+       partitions=st.integers(1, 8))
+def test_reshuffle_deals_every_element_once_and_evenly(sizes, partitions):
+    from beam_v1.dask_compat import reshuffle
+
+    parts = [[(i, j) for j in range(n)] for i, n in enumerate(sizes)]
+    bag = db.from_delayed([dask.delayed(part) for part in parts])
+    dealt = reshuffle(bag, partitions).to_delayed(optimize_graph=False)
+    got = [list(d.compute(scheduler="sync")) for d in dealt]
+    assert len(got) == partitions
+    assert sorted(x for part in got for x in part) == sorted(x for p in parts for x in p)
+    for i in range(len(parts)):  # each input partition's share differs by one at most
+        shares = [sum(1 for x in g if x[0] == i) for g in got]
+        assert max(shares) - min(shares) <= 1, (sizes, partitions, shares)
 
 
 # ------------------------------------------------------------- beam-v1 on Dask
