@@ -35,7 +35,7 @@ placed on worker thread i (dask's `workers` annotation, other workers allowed), 
 partitions a Reshuffle deals out run on different workers next to their data. (Beam's
 translation materialized every step's output as a list, one task per step, and dask placed
 every task where its input was: all partitions after a Reshuffle of one partition ran on one
-worker, and whole partitions crossed between workers; benchmarks/DASK-NOTES.md.)
+worker, and whole partitions crossed between workers: benchmarks/RESULTS.md, "Run E".)
 
 Use it as `--runner beam_v1.dask_compat.DaskRunner` (the `beam-v1` CLI maps `DaskRunner` and
 Beam's class path to it: `beam_v1.cli.main.runner_alias`) with `--dask_client_address tcp://HOST:PORT`.
