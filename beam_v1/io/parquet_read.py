@@ -36,7 +36,6 @@ from typing import Protocol
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 
 from beam_v1.errors import BeamV1Error
@@ -340,8 +339,9 @@ class _ReadRowGroupDoFn(beam.DoFn):
 class ReadParquetRowGroups(beam.PTransform):
     """Parquet files matching `file_pattern` -> a PCollection of `pa.Table`: row groups are
     spread across workers, and each is read in slices of about `slice_bytes` decoded bytes
-    (one table each; an empty row group gives none). A local pattern is taken relative to the
-    launcher's working folder; one that matches no file fails the run.
+    (one table each; an empty row group gives none). Files are matched as
+    `files.MatchDataFiles` does (relative to the launcher's folder; hidden files skipped; no
+    match fails the run).
 
     With `schemas` (the run's schema and what its columns feed) every table is cast to the
     first file's schema and the result is a DoOutputsTuple: `result.tables`, and
@@ -359,7 +359,7 @@ class ReadParquetRowGroups(beam.PTransform):
         super().__init__()
         if slice_bytes < 1:
             raise ValueError(f"slice_bytes must be positive, got {slice_bytes}")
-        self._pattern = files.absolute(file_pattern)  # as the launcher sees it
+        self._pattern = file_pattern
         self._columns = columns
         self._schemas = schemas
         self._slice_bytes = slice_bytes
@@ -367,7 +367,7 @@ class ReadParquetRowGroups(beam.PTransform):
     def expand(self, pbegin):
         spread = (
             pbegin
-            | "Match" >> fileio.MatchFiles(self._pattern, fileio.EmptyMatchTreatment.DISALLOW)
+            | "Match" >> files.MatchDataFiles(self._pattern)
             | "SpreadFiles" >> beam.Reshuffle()  # footers of many files read in parallel
             | "RowGroups" >> beam.FlatMap(lambda meta: row_groups(meta.path))
             | "SpreadRowGroups" >> beam.Reshuffle()

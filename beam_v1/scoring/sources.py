@@ -23,7 +23,6 @@ from typing import Protocol
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io import fileio
 
 from beam_v1.errors import BeamV1Error, SchemaError
 from beam_v1.io import files, tfrecord
@@ -75,11 +74,15 @@ class ArrowSource(Protocol):
 def match_files(pattern: str) -> list[str]:
     """The files matching `pattern`, sorted; BeamV1Error naming the pattern when none does."""
     try:
-        matched = files.match(pattern)
+        matched, hidden = files.match_data_files(pattern)
     except Exception as e:  # BeamIOError for a bad pattern or an unreachable filesystem
         raise BeamV1Error(f"Cannot list input files {pattern!r}: {e}") from e
     if not matched:
-        raise BeamV1Error(f"No input file matches {pattern!r}.")
+        skipped = (
+            f" (skipped {len(hidden)} hidden file(s), whose names start with "
+            f"{' or '.join(files.HIDDEN_PREFIXES)}: {hidden[:3]})" if hidden else ""
+        )
+        raise BeamV1Error(f"No input file matches {pattern!r}{skipped}.")
     return matched
 
 
@@ -244,7 +247,7 @@ class _ReadTFRecord(beam.PTransform):
     def __init__(self, pattern: str, compression: str, features: dict[str, str],
                  scoring: ScoringOptions):
         super().__init__()
-        self._pattern = files.absolute(pattern)  # as the launcher sees it
+        self._pattern = pattern
         self._compression = compression
         self._features = features
         self._max_batch_bytes = scoring.max_batch_bytes
@@ -256,7 +259,7 @@ class _ReadTFRecord(beam.PTransform):
         # names the file, record and offset of a corrupt one
         tables = (
             pbegin
-            | "Match" >> fileio.MatchFiles(self._pattern, fileio.EmptyMatchTreatment.DISALLOW)
+            | "Match" >> files.MatchDataFiles(self._pattern)
             | "Spread" >> beam.Reshuffle()
             | "Records" >> beam.FlatMap(lambda m: tfrecord.read_records(m.path, compression))
             # batches weighed in record bytes (Beam's BatchElements has one bound: with
