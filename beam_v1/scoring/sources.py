@@ -72,7 +72,8 @@ class ArrowSource(Protocol):
 
 
 def match_files(pattern: str) -> list[str]:
-    """The files matching `pattern`, sorted; BeamV1Error naming the pattern when none does."""
+    """The data files matching `pattern`, sorted (`files.match_data_files`: hidden files
+    skipped); BeamV1Error naming the pattern, and any hidden files skipped, when none does."""
     try:
         matched, hidden = files.match_data_files(pattern)
     except Exception as e:  # BeamIOError for a bad pattern or an unreachable filesystem
