@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from beam_v1.scoring.job import score
@@ -107,6 +107,14 @@ def assert_readers_agree(paths: list[str]) -> pa.Table:
             got = column_values(table.column(field.name), field.type)
             assert got == want, f"{reader} reads {field.name} ({field.type}) differently"
     return truth
+
+
+def assert_same_values(got: pa.Table, want: pa.Table) -> None:
+    """The same schema and values, floats by their bits (`Table.equals` has NaN != NaN)."""
+    assert got.schema == want.schema
+    for field in want.schema:
+        assert column_values(got.column(field.name), field.type) == column_values(
+            want.column(field.name), field.type), field.name
 
 
 def outputs_of(prefix: Path) -> list[str]:
@@ -328,6 +336,11 @@ def kept_tables(draw) -> pa.Table:
     codec=st.sampled_from(["snappy", "zstd", "gzip", "lz4", "brotli", "none"]),
     num_shards=st.sampled_from([0, 2]),
 )
+@example(  # found by CI: a NaN kept as it is, which Table.equals calls unequal
+    kept=pa.table({ROW_ID: pa.array([0, 1, 2], pa.int64()),
+                   "float32": pa.array([None, float("nan"), None], pa.float32())}),
+    bad_rows={1, 5}, codec="lz4", num_shards=0,
+)
 def test_generated_kept_columns_read_alike(models, tmp_path_factory, kept, bad_rows, codec,
                                            num_shards):
     """Random kept columns (nulls everywhere) through the real sink with any codec: what
@@ -345,7 +358,8 @@ def test_generated_kept_columns_read_alike(models, tmp_path_factory, kept, bad_r
     assert (summary["rows_scored"], summary["rows_failed"]) == (n - len(failing), len(failing))
     scored = assert_readers_agree(outputs_of(prefix))
     ok = [i for i in range(n) if i not in failing]
-    assert scored.select(kept.column_names).equals(kept.take(pa.array(ok, pa.int64())))
+    assert_same_values(scored.select(kept.column_names), kept.take(pa.array(ok, pa.int64())))
     if failing:
         failed = assert_readers_agree(failed_of(prefix))
-        assert failed.select(kept.column_names).equals(kept.take(pa.array(failing, pa.int64())))
+        assert_same_values(failed.select(kept.column_names),
+                           kept.take(pa.array(failing, pa.int64())))
