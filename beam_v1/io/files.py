@@ -71,10 +71,12 @@ def is_hidden(path: str, pattern: str) -> bool:
 
 def match_data_files(pattern: str) -> tuple[list[str], list[str]]:
     """(data files, hidden files) matching `pattern` (see `match`, `is_hidden`), sorted."""
-    matched = match(pattern)
     pattern = absolute(pattern)
-    hidden = [p for p in matched if is_hidden(p, pattern)]
-    return [p for p in matched if p not in set(hidden)], hidden
+    data: list[str] = []
+    hidden: list[str] = []
+    for path in match(pattern):
+        (hidden if is_hidden(path, pattern) else data).append(path)
+    return data, hidden
 
 
 class MatchDataFiles(beam.PTransform):

@@ -161,31 +161,35 @@ class SliceReader:
         done = 0
         if self._lists is None:
             try:
-                for batch in self.parquet.iter_batches(
-                    batch_size=rows, row_groups=[index], columns=columns
-                ):
-                    done += batch.num_rows
-                    yield pa.Table.from_batches([batch])
+                for table in self._tables(index, rows, columns):
+                    done += table.num_rows
+                    yield table
                 return
             except pa.ArrowInvalid as e:
                 self._open_lists(index, done, e)
-        schema = self.parquet.schema_arrow
         skip = done
         try:
-            for batch in self._lists.iter_batches(
-                batch_size=rows, row_groups=[index], columns=columns
-            ):
-                table = pa.Table.from_batches([batch])
+            for table in self._tables(index, rows, columns):
                 if skip:  # rows given before pyarrow's reader refused the rest
                     given = min(skip, table.num_rows)
                     skip -= given
                     table = table.slice(given)
                     if not table.num_rows:
                         continue
-                yield parquet_lists.restore_fixed(table, schema)
+                yield table
                 done += table.num_rows
         except pa.ArrowInvalid as e:
             raise self._unreadable(index, done, e) from e
+
+    def _tables(self, index: int, rows: int, columns: list[str] | None) -> Iterator[pa.Table]:
+        """Row group `index` in tables of `rows` rows, through the handle that reads this
+        file now (the lists one, rebuilt as the file's types, once opened)."""
+        parquet = self._lists or self.parquet
+        for batch in parquet.iter_batches(batch_size=rows, row_groups=[index], columns=columns):
+            table = pa.Table.from_batches([batch])
+            if self._lists is not None:
+                table = parquet_lists.restore_fixed(table, self.parquet.schema_arrow)
+            yield table
 
     def _open_lists(self, index: int, done: int, refused: pa.ArrowInvalid) -> None:
         if not parquet_lists.has_fixed_lists(self.parquet.schema_arrow):
@@ -234,13 +238,8 @@ class SliceReader:
     def _column_slices(self, index: int, rows: int, name: str, failed: dict[str, str]):
         """`name`'s slices of row group `index`; after a failure, recorded in `failed`,
         it gives nothing more."""
-        parquet = self._lists or self.parquet
         try:
-            for batch in parquet.iter_batches(batch_size=rows, row_groups=[index],
-                                              columns=[name]):
-                table = pa.Table.from_batches([batch])
-                if self._lists is not None:
-                    table = parquet_lists.restore_fixed(table, self.parquet.schema_arrow)
+            for table in self._tables(index, rows, [name]):
                 yield table.column(0)
         except pa.ArrowInvalid as e:
             failed[name] = first_line(e)

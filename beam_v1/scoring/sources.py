@@ -25,7 +25,8 @@ import apache_beam as beam
 import pyarrow as pa
 
 from beam_v1.errors import BeamV1Error, SchemaError
-from beam_v1.io import files, tfrecord
+from beam_v1.io import tfrecord
+from beam_v1.io.files import HIDDEN_PREFIXES, MatchDataFiles, match_data_files
 from beam_v1.io.parquet_read import (
     DRIFTED,
     ReadParquetRowGroups,
@@ -72,16 +73,16 @@ class ArrowSource(Protocol):
 
 
 def match_files(pattern: str) -> list[str]:
-    """The data files matching `pattern`, sorted (`files.match_data_files`: hidden files
+    """The data files matching `pattern`, sorted (`beam_v1.io.files.match_data_files`: hidden files
     skipped); BeamV1Error naming the pattern, and any hidden files skipped, when none does."""
     try:
-        matched, hidden = files.match_data_files(pattern)
+        matched, hidden = match_data_files(pattern)
     except Exception as e:  # BeamIOError for a bad pattern or an unreachable filesystem
         raise BeamV1Error(f"Cannot list input files {pattern!r}: {e}") from e
     if not matched:
         skipped = (
             f" (skipped {len(hidden)} hidden file(s), whose names start with "
-            f"{' or '.join(files.HIDDEN_PREFIXES)}: {hidden[:3]})" if hidden else ""
+            f"{' or '.join(HIDDEN_PREFIXES)}: {hidden[:3]})" if hidden else ""
         )
         raise BeamV1Error(f"No input file matches {pattern!r}{skipped}.")
     return matched
@@ -260,7 +261,7 @@ class _ReadTFRecord(beam.PTransform):
         # names the file, record and offset of a corrupt one
         tables = (
             pbegin
-            | "Match" >> files.MatchDataFiles(self._pattern)
+            | "Match" >> MatchDataFiles(self._pattern)
             | "Spread" >> beam.Reshuffle()
             | "Records" >> beam.FlatMap(lambda m: tfrecord.read_records(m.path, compression))
             # batches weighed in record bytes (Beam's BatchElements has one bound: with
